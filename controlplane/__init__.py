@@ -1,0 +1,4 @@
+"""Hangar control plane project package: settings, ASGI/WSGI apps, URLs and the Celery app."""
+from .celery import app as celery_app
+
+__all__ = ["celery_app"]

@@ -1,0 +1,1 @@
+"""The domain app: agents, versions, targets, deployments, instances and governance."""

@@ -1,0 +1,112 @@
+"""Scoped lookups: every fetch goes through here with the acting principal.
+
+Outsiders (no role in the object's team) get ``NotFound`` so that existence
+does not leak; members whose role is too low for a write get ``Forbidden``.
+A token acts for its user, only in its own team, and never above its scope.
+"""
+from __future__ import annotations
+
+from django.db.models import Model, QuerySet
+
+from .audit import Actor
+from .errors import Forbidden, NotFound
+from .models import (
+    ROLE_RANK,
+    SCOPE_ROLE,
+    Agent,
+    AgentVersion,
+    ApiToken,
+    Deployment,
+    Membership,
+    Role,
+    Secret,
+    Target,
+    Team,
+)
+
+# How each model reaches its team, for queryset filters.
+TEAM_PATH = {
+    Team: "pk",
+    Agent: "team_id",
+    Target: "team_id",
+    Secret: "team_id",
+    ApiToken: "team_id",
+    Membership: "team_id",
+    AgentVersion: "agent__team_id",
+    Deployment: "agent__team_id",
+}
+
+
+def team_roles(actor: Actor) -> dict[int, str] | None:
+    """Role per team id for the actor; ``None`` means every team as admin."""
+    user = actor.user
+    if user is None or not user.is_authenticated or not user.is_active:
+        return {}
+    token = actor.token
+    if user.is_superuser and token is None:
+        return None
+    roles = dict(Membership.objects.filter(user=user).values_list("team_id", "role"))
+    if user.is_superuser:
+        roles = {tid: Role.ADMIN for tid in Team.objects.values_list("pk", flat=True)}
+    if token is not None:
+        cap = SCOPE_ROLE[token.scope]
+        role = roles.get(token.team_id)
+        if role is None:
+            return {}
+        return {token.team_id: min(role, cap, key=lambda r: ROLE_RANK[r])}
+    return roles
+
+
+def role_in(actor: Actor, team_id: int) -> str | None:
+    roles = team_roles(actor)
+    if roles is None:
+        return Role.ADMIN
+    return roles.get(team_id)
+
+
+def has_role(actor: Actor, team_id: int, needed: str) -> bool:
+    role = role_in(actor, team_id)
+    return role is not None and ROLE_RANK[role] >= ROLE_RANK[needed]
+
+
+def require_role(actor: Actor, team_id: int, needed: str) -> None:
+    """404 for outsiders, 403 for members below ``needed``."""
+    role = role_in(actor, team_id)
+    if role is None:
+        raise NotFound("Team not found.")
+    if ROLE_RANK[role] < ROLE_RANK[needed]:
+        raise Forbidden(f"This needs the {needed} role in the team; you have {role}.")
+
+
+def readable(actor: Actor, queryset: QuerySet) -> QuerySet:
+    """Restrict ``queryset`` to rows in teams the actor can read."""
+    roles = team_roles(actor)
+    if roles is None:
+        return queryset
+    path = TEAM_PATH[queryset.model]
+    return queryset.filter(**{f"{path}__in": list(roles)})
+
+
+def get_for(actor: Actor, queryset: QuerySet, needed: str = Role.VIEWER, **lookup) -> Model:
+    """Fetch one row the actor may see; check ``needed`` role for writes."""
+    model = queryset.model
+    try:
+        obj = readable(actor, queryset).get(**lookup)
+    except (model.DoesNotExist, ValueError, TypeError):
+        raise NotFound(f"{model._meta.verbose_name.capitalize()} not found.") from None
+    team_id = _team_id(obj)
+    if needed != Role.VIEWER:
+        require_role(actor, team_id, needed)
+    return obj
+
+
+def get_team_for(actor: Actor, team_id: int, needed: str = Role.VIEWER) -> Team:
+    return get_for(actor, Team.objects.all(), needed, pk=team_id)
+
+
+def _team_id(obj: Model) -> int:
+    path = TEAM_PATH[type(obj)]
+    current = obj
+    for part in path.replace("__", ".").split("."):
+        current = getattr(current, part)
+    return current

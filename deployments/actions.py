@@ -1,0 +1,450 @@
+"""Every state change is one verb here: atomic, validated, audited, and with
+its side effects (reconcile, live events) scheduled after commit.
+
+Callers (API, UI, admin, workers) pass the acting :class:`Actor`; role checks
+happen in ``access`` before a verb is called, policy checks happen here.
+"""
+from __future__ import annotations
+
+import hashlib
+import secrets as pysecrets
+from datetime import datetime
+from typing import Any
+
+from django.contrib.auth import get_user_model
+from django.core.exceptions import ValidationError
+from django.db import IntegrityError, transaction
+from django.db.models import F, Max, ProtectedError
+from django.utils import timezone
+
+from . import audit
+from .audit import Actor
+from .errors import Conflict, Invalid, NotFound
+from .models import (
+    ROLE_RANK,
+    SCOPE_ROLE,
+    Agent,
+    AgentVersion,
+    ApiToken,
+    Deployment,
+    DeploymentState,
+    Health,
+    Membership,
+    Policy,
+    Role,
+    Secret,
+    Target,
+    Team,
+)
+
+TOKEN_PREFIX = "hgr_"
+
+
+def _validated_save(obj, *, exclude: list[str] | None = None, update_fields=None) -> None:
+    """full_clean then save, turning constraint clashes into 4xx errors."""
+    try:
+        obj.full_clean(exclude=exclude)
+    except ValidationError as exc:
+        raise Invalid(_messages(exc)) from None
+    try:
+        with transaction.atomic():
+            obj.save(update_fields=update_fields)
+    except IntegrityError as exc:
+        raise Conflict(f"{obj._meta.verbose_name.capitalize()} clashes with an existing one: {exc}")
+
+
+def _messages(exc: ValidationError) -> Any:
+    if hasattr(exc, "message_dict"):
+        return {k: [str(m) for m in v] for k, v in exc.message_dict.items()}
+    return [str(m) for m in exc.messages]
+
+
+def _apply(obj, changes: dict[str, Any], allowed: set[str]) -> list[str]:
+    unknown = set(changes) - allowed
+    if unknown:
+        raise Invalid(f"These fields cannot be changed: {', '.join(sorted(unknown))}.")
+    changed = []
+    for name, value in changes.items():
+        if getattr(obj, name) != value:
+            setattr(obj, name, value)
+            changed.append(name)
+    return changed
+
+
+def schedule_reconcile(deployment_id: int) -> None:
+    from .tasks import reconcile
+
+    transaction.on_commit(lambda: reconcile.delay(deployment_id))
+
+
+# Teams and members ----------------------------------------------------------------
+
+
+@transaction.atomic
+def create_team(*, name: str, slug: str, actor: Actor) -> Team:
+    team = Team(name=name, slug=slug)
+    _validated_save(team)
+    Policy.objects.create(team=team)
+    audit.record(actor, "team.create", team, after=audit.snapshot(team))
+    if actor.user is not None and actor.user.pk:
+        membership = Membership.objects.create(team=team, user=actor.user, role=Role.ADMIN)
+        audit.record(actor, "member.add", membership, team_id=team.pk,
+                     after=audit.snapshot(membership))
+    return team
+
+
+@transaction.atomic
+def update_team(team: Team, *, actor: Actor, **changes) -> Team:
+    before = audit.snapshot(team)
+    changed = _apply(team, changes, {"name"})
+    if changed:
+        _validated_save(team, update_fields=changed)
+        audit.record(actor, "team.update", team, before=before, after=audit.snapshot(team))
+    return team
+
+
+@transaction.atomic
+def delete_team(team: Team, *, actor: Actor) -> None:
+    if Deployment.objects.filter(agent__team=team).exists():
+        raise Conflict("Delete the team's deployments first.")
+    before = audit.snapshot(team)
+    audit.record(actor, "team.delete", team, before=before)
+    team.delete()
+
+
+@transaction.atomic
+def add_member(team: Team, *, username: str, role: str, actor: Actor) -> Membership:
+    user = get_user_model().objects.filter(username=username).first()
+    if user is None:
+        raise Invalid({"username": [f"No user named {username!r}."]})
+    if role not in ROLE_RANK:
+        raise Invalid({"role": [f"Role must be one of {', '.join(Role.values)}."]})
+    membership = Membership(team=team, user=user, role=role)
+    _validated_save(membership)
+    audit.record(actor, "member.add", membership, after=audit.snapshot(membership))
+    return membership
+
+
+@transaction.atomic
+def change_member_role(membership: Membership, *, role: str, actor: Actor) -> Membership:
+    if role not in ROLE_RANK:
+        raise Invalid({"role": [f"Role must be one of {', '.join(Role.values)}."]})
+    membership = Membership.objects.select_for_update().get(pk=membership.pk)
+    before = audit.snapshot(membership)
+    if membership.role == Role.ADMIN and role != Role.ADMIN:
+        _keep_an_admin(membership)
+    membership.role = role
+    membership.save(update_fields=["role"])
+    audit.record(actor, "member.update", membership, before=before,
+                 after=audit.snapshot(membership))
+    return membership
+
+
+@transaction.atomic
+def remove_member(membership: Membership, *, actor: Actor) -> None:
+    membership = Membership.objects.select_for_update().get(pk=membership.pk)
+    if membership.role == Role.ADMIN:
+        _keep_an_admin(membership)
+    audit.record(actor, "member.remove", membership, before=audit.snapshot(membership))
+    membership.delete()
+
+
+def _keep_an_admin(membership: Membership) -> None:
+    others = Membership.objects.select_for_update().filter(
+        team_id=membership.team_id, role=Role.ADMIN
+    ).exclude(pk=membership.pk)
+    if not others.exists():
+        raise Conflict("A team must keep at least one admin.")
+
+
+# Agents and versions ------------------------------------------------------------
+
+
+def _policy(team_id: int) -> Policy:
+    policy, _ = Policy.objects.get_or_create(team_id=team_id)
+    return policy
+
+
+@transaction.atomic
+def create_agent(team: Team, *, actor: Actor, **fields) -> Agent:
+    allowed = _policy(team.pk).allowed_patterns
+    if allowed and fields.get("pattern") not in allowed:
+        raise Invalid({"pattern": [f"Team policy allows only: {', '.join(allowed)}."]})
+    agent = Agent(team=team, **fields)
+    _validated_save(agent)
+    audit.record(actor, "agent.create", agent, after=audit.snapshot(agent))
+    return agent
+
+
+@transaction.atomic
+def update_agent(agent: Agent, *, actor: Actor, **changes) -> Agent:
+    before = audit.snapshot(agent)
+    changed = _apply(agent, changes, {"name", "description"})
+    if changed:
+        _validated_save(agent, update_fields=[*changed, "updated_at"])
+        audit.record(actor, "agent.update", agent, before=before, after=audit.snapshot(agent))
+    return agent
+
+
+@transaction.atomic
+def delete_agent(agent: Agent, *, actor: Actor) -> None:
+    if agent.deployments.exists():
+        raise Conflict("Delete this agent's deployments first.")
+    audit.record(actor, "agent.delete", agent, before=audit.snapshot(agent))
+    agent.delete()
+
+
+@transaction.atomic
+def create_version(agent: Agent, *, actor: Actor, **spec) -> AgentVersion:
+    Agent.objects.select_for_update().filter(pk=agent.pk).first()  # serialise numbering
+    missing = [ref for ref in spec.get("secret_refs") or []
+               if not Secret.objects.filter(team_id=agent.team_id, name=ref).exists()]
+    if missing:
+        raise Invalid({"secret_refs": [f"Unknown secret(s): {', '.join(missing)}."]})
+    if not spec.get("image") and not spec.get("bundle") and not spec.get("command"):
+        raise Invalid({"image": ["Give an image, a bundle or a command to run."]})
+    number = (agent.versions.aggregate(n=Max("number"))["n"] or 0) + 1
+    version = AgentVersion(agent=agent, number=number, created_by=_user(actor), **spec)
+    _validated_save(version, exclude=["digest"])
+    audit.record(actor, "version.create", version, after=audit.snapshot(version))
+    return version
+
+
+@transaction.atomic
+def delete_version(version: AgentVersion, *, actor: Actor) -> None:
+    in_use = Deployment.objects.filter(version=version).exists()
+    if in_use:
+        raise Conflict("This version is deployed; move its deployments to another version first.")
+    audit.record(actor, "version.delete", version, before=audit.snapshot(version))
+    version.delete()
+
+
+def _user(actor: Actor):
+    return actor.user if actor.user is not None and actor.user.pk else None
+
+
+# Targets ------------------------------------------------------------------------
+
+
+@transaction.atomic
+def create_target(team: Team, *, actor: Actor, **fields) -> Target:
+    from .runtimes import validate_connection
+
+    allowed = _policy(team.pk).allowed_target_kinds
+    if allowed and fields.get("kind") not in allowed:
+        raise Invalid({"kind": [f"Team policy allows only: {', '.join(allowed)}."]})
+    fields["connection"] = validate_connection(fields.get("kind", ""), fields.get("connection"))
+    target = Target(team=team, **fields)
+    _validated_save(target)
+    audit.record(actor, "target.create", target, after=audit.snapshot(target))
+    return target
+
+
+@transaction.atomic
+def update_target(target: Target, *, actor: Actor, **changes) -> Target:
+    from .runtimes import validate_connection
+
+    target = Target.objects.select_for_update().get(pk=target.pk)
+    before = audit.snapshot(target)
+    if "connection" in changes:
+        # Sensitive values omitted from an update keep their stored value.
+        merged = {**target.connection, **(changes["connection"] or {})}
+        changes["connection"] = validate_connection(target.kind, merged)
+    changed = _apply(target, changes,
+                     {"name", "connection", "labels", "price_cpu_hour", "price_gib_hour"})
+    if changed:
+        _validated_save(target, update_fields=changed)
+        audit.record(actor, "target.update", target, before=before, after=audit.snapshot(target))
+        for pk in target.deployments.values_list("pk", flat=True):
+            schedule_reconcile(pk)
+    return target
+
+
+@transaction.atomic
+def delete_target(target: Target, *, actor: Actor) -> None:
+    if target.deployments.exists():
+        raise Conflict("Deployments still use this target.")
+    audit.record(actor, "target.delete", target, before=audit.snapshot(target))
+    target.delete()
+
+
+# Deployments --------------------------------------------------------------------
+
+SPEC_CHANGES = {"version", "replicas", "state", "autoscale_min", "autoscale_max",
+                "autoscale_signal", "autoscale_target", "rollout_strategy"}
+
+
+def _check_policy(deployment: Deployment) -> None:
+    policy = _policy(deployment.agent.team_id)
+    ceiling = max(deployment.replicas, deployment.autoscale_max or 0)
+    if ceiling > policy.max_replicas:
+        raise Invalid({"replicas": [
+            f"Team policy allows at most {policy.max_replicas} replicas per deployment."]})
+    kinds = policy.allowed_target_kinds
+    if kinds and deployment.target.kind not in kinds:
+        raise Invalid({"target": [f"Team policy allows only targets of kind: {', '.join(kinds)}."]})
+
+
+@transaction.atomic
+def create_deployment(agent: Agent, *, version: AgentVersion, target: Target, actor: Actor,
+                      **fields) -> Deployment:
+    if version.agent_id != agent.pk:
+        raise Invalid({"version": ["This version belongs to another agent."]})
+    if target.team_id != agent.team_id:
+        raise NotFound("Target not found.")
+    deployment = Deployment(agent=agent, version=version, target=target, **fields)
+    _check_policy(deployment)
+    deployment.health = Health.SUSPENDED if deployment.state != DeploymentState.ACTIVE \
+        else Health.PROGRESSING
+    deployment.health_reason = "waiting for the first reconcile"
+    _validated_save(deployment)
+    audit.record(actor, "deployment.create", deployment, after=audit.snapshot(deployment))
+    schedule_reconcile(deployment.pk)
+    return deployment
+
+
+@transaction.atomic
+def update_deployment(deployment: Deployment, *, actor: Actor, **changes) -> Deployment:
+    """Change desired state; any spec change bumps ``generation`` and reconciles."""
+    deployment = Deployment.objects.select_for_update().select_related(
+        "agent", "target").get(pk=deployment.pk)
+    before = audit.snapshot(deployment)
+    version = changes.get("version")
+    if version is not None and version.agent_id != deployment.agent_id:
+        raise Invalid({"version": ["This version belongs to another agent."]})
+    changed = _apply(deployment, changes, SPEC_CHANGES)
+    if not changed:
+        return deployment
+    _check_policy(deployment)
+    deployment.generation = F("generation") + 1
+    _validated_save(deployment, exclude=["generation"],
+                    update_fields=[*changed, "generation", "updated_at"])
+    deployment.refresh_from_db()
+    audit.record(actor, _deployment_action(changed, deployment), deployment,
+                 before=before, after=audit.snapshot(deployment))
+    schedule_reconcile(deployment.pk)
+    return deployment
+
+
+def _deployment_action(changed: list[str], deployment: Deployment) -> str:
+    if changed == ["replicas"]:
+        return "deployment.scale"
+    if changed == ["state"]:
+        return {"paused": "deployment.pause", "stopped": "deployment.stop"}.get(
+            deployment.state, "deployment.resume")
+    return "deployment.update"
+
+
+def scale_deployment(deployment: Deployment, *, replicas: int, actor: Actor) -> Deployment:
+    return update_deployment(deployment, replicas=replicas, actor=actor)
+
+
+@transaction.atomic
+def delete_deployment(deployment: Deployment, *, actor: Actor) -> None:
+    audit.record(actor, "deployment.delete", deployment, before=audit.snapshot(deployment))
+    try:
+        deployment.delete()
+    except ProtectedError as exc:
+        raise Conflict(str(exc)) from None
+
+
+# Secrets ------------------------------------------------------------------------
+
+
+@transaction.atomic
+def create_secret(team: Team, *, name: str, value: str, actor: Actor) -> Secret:
+    secret = Secret(team=team, name=name, value=value)
+    _validated_save(secret)
+    audit.record(actor, "secret.create", secret, after=audit.snapshot(secret))
+    return secret
+
+
+@transaction.atomic
+def update_secret(secret: Secret, *, value: str, actor: Actor) -> Secret:
+    before = audit.snapshot(secret)
+    secret.value = value
+    _validated_save(secret, update_fields=["value", "updated_at"])
+    audit.record(actor, "secret.update", secret, before=before, after=audit.snapshot(secret))
+    return secret
+
+
+@transaction.atomic
+def delete_secret(secret: Secret, *, actor: Actor) -> None:
+    deployed_refs = Deployment.objects.filter(agent__team_id=secret.team_id).values_list(
+        "version__secret_refs", flat=True)
+    if any(secret.name in (refs or []) for refs in deployed_refs):
+        raise Conflict("A deployed version refers to this secret.")
+    audit.record(actor, "secret.delete", secret, before=audit.snapshot(secret))
+    secret.delete()
+
+
+# API tokens ---------------------------------------------------------------------
+
+
+def hash_token_secret(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+@transaction.atomic
+def create_token(team: Team, *, name: str, scope: str, expires_at: datetime | None,
+                 actor: Actor, user=None) -> tuple[ApiToken, str]:
+    """Create a token acting for ``user`` (default: the actor).
+
+    Returns the row and the plaintext, which is never stored.
+    """
+    user = user or _user(actor)
+    if user is None:
+        raise Invalid("Tokens act for a user.")
+    if not Membership.objects.filter(team=team, user=user).exists() and not user.is_superuser:
+        raise Invalid({"user": ["The token's user must be a member of the team."]})
+    if scope not in SCOPE_ROLE:
+        raise Invalid({"scope": [f"Scope must be one of: {', '.join(SCOPE_ROLE)}."]})
+    if expires_at is not None and expires_at <= timezone.now():
+        raise Invalid({"expires_at": ["Expiry must be in the future."]})
+    prefix = pysecrets.token_hex(6)
+    secret = pysecrets.token_urlsafe(32)
+    token = ApiToken(team=team, user=user, name=name, scope=scope, expires_at=expires_at,
+                     prefix=prefix, hashed=hash_token_secret(secret))
+    _validated_save(token)
+    audit.record(actor, "token.create", token, after=audit.snapshot(token))
+    return token, f"{TOKEN_PREFIX}{prefix}_{secret}"
+
+
+@transaction.atomic
+def revoke_token(token: ApiToken, *, actor: Actor) -> ApiToken:
+    before = audit.snapshot(token)
+    if ApiToken.objects.filter(pk=token.pk, revoked_at__isnull=True).update(
+            revoked_at=timezone.now()) == 1:
+        token.refresh_from_db()
+        audit.record(actor, "token.revoke", token, before=before, after=audit.snapshot(token))
+    return token
+
+
+def authenticate_token(raw: str) -> ApiToken | None:
+    """The active token for a bearer string, or None. Marks it used."""
+    if not raw.startswith(TOKEN_PREFIX):
+        return None
+    prefix, _, secret = raw[len(TOKEN_PREFIX):].partition("_")
+    token = ApiToken.objects.select_related("user").filter(prefix=prefix).first()
+    if token is None or not token.is_active or not token.user.is_active:
+        return None
+    if not pysecrets.compare_digest(token.hashed, hash_token_secret(secret)):
+        return None
+    now = timezone.now()
+    if token.last_used_at is None or (now - token.last_used_at).total_seconds() > 60:
+        ApiToken.objects.filter(pk=token.pk).update(last_used_at=now)
+        token.last_used_at = now
+    return token
+
+
+# Policies -----------------------------------------------------------------------
+
+
+@transaction.atomic
+def update_policy(policy: Policy, *, actor: Actor, **changes) -> Policy:
+    before = audit.snapshot(policy)
+    changed = _apply(policy, changes, {"max_replicas", "allowed_target_kinds", "allowed_patterns"})
+    if changed:
+        _validated_save(policy, update_fields=[*changed, "updated_at"])
+        audit.record(actor, "policy.update", policy, before=before, after=audit.snapshot(policy))
+    return policy

@@ -1,0 +1,32 @@
+"""Domain errors, mapped once to HTTP status codes by the API and the UI."""
+from __future__ import annotations
+
+
+class DomainError(Exception):
+    status = 400
+
+    def __init__(self, detail: object = None):
+        super().__init__(detail)
+        self.detail = detail if detail is not None else self.default_detail
+
+    default_detail = "Bad request."
+
+
+class Invalid(DomainError):
+    status = 400
+    default_detail = "Invalid input."
+
+
+class NotFound(DomainError):
+    status = 404
+    default_detail = "Not found."
+
+
+class Forbidden(DomainError):
+    status = 403
+    default_detail = "Your role in this team does not allow this."
+
+
+class Conflict(DomainError):
+    status = 409
+    default_detail = "Conflict with the current state."

@@ -1,0 +1,100 @@
+"""Forms for the operator UI. They parse and validate; actions change state."""
+from __future__ import annotations
+
+import json
+import shlex
+
+from django import forms
+
+from .models import (
+    AgentVersion,
+    DeploymentState,
+    Pattern,
+    Target,
+    Team,
+    slug_validator,
+)
+
+
+class AgentForm(forms.Form):
+    team = forms.ModelChoiceField(queryset=Team.objects.none(), empty_label=None)
+    name = forms.CharField(max_length=100)
+    slug = forms.CharField(max_length=63, validators=[slug_validator],
+                           help_text="Lowercase letters, digits and hyphens; unique in the team.")
+    pattern = forms.ChoiceField(choices=Pattern.choices)
+    description = forms.CharField(widget=forms.Textarea(attrs={"rows": 3}), required=False)
+
+    def __init__(self, *args, teams=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["team"].queryset = teams if teams is not None else Team.objects.none()
+
+
+class VersionForm(forms.Form):
+    image = forms.CharField(max_length=255, required=False,
+                            help_text="Container image, e.g. hangar/reference-agent:latest")
+    command = forms.CharField(max_length=4000, required=False,
+                              help_text="Command line; shell quoting applies.")
+    env = forms.CharField(widget=forms.Textarea(attrs={"rows": 3}), required=False,
+                          help_text="One KEY=value per line.")
+    secret_refs = forms.CharField(required=False, help_text="Secret names, comma separated.")
+    cpu = forms.DecimalField(min_value=0.01, max_value=256, decimal_places=3, initial="0.5")
+    memory_mb = forms.IntegerField(min_value=16, max_value=1024 * 1024, initial=256,
+                                   label="Memory (MiB)")
+    port = forms.IntegerField(min_value=1, max_value=65535, required=False)
+    pattern_settings = forms.CharField(widget=forms.Textarea(attrs={"rows": 3}), required=False,
+                                       help_text='JSON, e.g. {"schedule": "*/5 * * * *"}')
+
+    def clean_command(self) -> list[str]:
+        try:
+            return shlex.split(self.cleaned_data["command"])
+        except ValueError as exc:
+            raise forms.ValidationError(f"Cannot parse the command: {exc}") from None
+
+    def clean_env(self) -> dict[str, str]:
+        env: dict[str, str] = {}
+        for number, line in enumerate(self.cleaned_data["env"].splitlines(), 1):
+            if not line.strip():
+                continue
+            key, sep, value = line.partition("=")
+            if not sep or not key.strip():
+                raise forms.ValidationError(f"Line {number} is not KEY=value.")
+            env[key.strip()] = value
+        return env
+
+    def clean_secret_refs(self) -> list[str]:
+        return [s.strip() for s in self.cleaned_data["secret_refs"].split(",") if s.strip()]
+
+    def clean_pattern_settings(self) -> dict:
+        raw = self.cleaned_data["pattern_settings"].strip()
+        if not raw:
+            return {}
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            raise forms.ValidationError(f"Not valid JSON: {exc.msg}") from None
+        if not isinstance(value, dict):
+            raise forms.ValidationError("Give a JSON object.")
+        return value
+
+
+class DeploymentForm(forms.Form):
+    version = forms.ModelChoiceField(queryset=AgentVersion.objects.none(), empty_label=None)
+    target = forms.ModelChoiceField(queryset=Target.objects.none(), empty_label=None)
+    environment = forms.CharField(max_length=63, initial="production",
+                                  validators=[slug_validator])
+    replicas = forms.IntegerField(min_value=0, max_value=1000, initial=1)
+    state = forms.ChoiceField(choices=DeploymentState.choices, initial=DeploymentState.ACTIVE)
+
+    def __init__(self, *args, agent=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        if agent is not None:
+            self.fields["version"].queryset = agent.versions.order_by("-number")
+            self.fields["target"].queryset = Target.objects.filter(team_id=agent.team_id)
+
+
+class ScaleForm(forms.Form):
+    replicas = forms.IntegerField(min_value=0, max_value=1000)
+
+
+class StateForm(forms.Form):
+    state = forms.ChoiceField(choices=DeploymentState.choices)

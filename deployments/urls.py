@@ -1,0 +1,16 @@
+from django.urls import path
+
+from . import views
+
+app_name = "deployments"
+
+urlpatterns = [
+    path("", views.agent_list, name="agents"),
+    path("agents/new/", views.agent_create, name="agent-create"),
+    path("agents/<int:agent_id>/", views.agent_detail, name="agent"),
+    path("agents/<int:agent_id>/versions/", views.version_create, name="version-create"),
+    path("agents/<int:agent_id>/deploy/", views.deployment_create, name="deployment-create"),
+    path("deployments/<int:deployment_id>/", views.deployment_detail, name="deployment"),
+    path("deployments/<int:deployment_id>/scale/", views.deployment_scale, name="deployment-scale"),
+    path("deployments/<int:deployment_id>/state/", views.deployment_state, name="deployment-state"),
+]

@@ -1,0 +1,288 @@
+"""Operator UI: server-rendered pages with htmx partials from the same templates."""
+from __future__ import annotations
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.core.exceptions import PermissionDenied
+from django.core.paginator import Paginator
+from django.db import connection
+from django.db.models import Count, Max, Prefetch, Q
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.shortcuts import redirect, render
+from django.urls import reverse
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
+
+from . import access, actions
+from .audit import Actor
+from .errors import DomainError, Forbidden, Invalid, NotFound
+from .forms import AgentForm, DeploymentForm, ScaleForm, StateForm, VersionForm
+from .models import (
+    ROLE_RANK,
+    Agent,
+    Deployment,
+    Instance,
+    Pattern,
+    Role,
+    Team,
+    worst_health,
+)
+
+
+@require_GET
+def healthz(request: HttpRequest) -> JsonResponse:
+    """Liveness for load balancers and the container HEALTHCHECK: the DB answers."""
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+    except Exception as exc:  # noqa: BLE001 - any database failure is "unhealthy"
+        return JsonResponse({"status": "unhealthy", "reason": str(exc)[:200]}, status=503)
+    return JsonResponse({"status": "ok"})
+
+
+def _actor(request: HttpRequest) -> Actor:
+    return Actor.from_request(request, "ui")
+
+
+def _scoped(fn):
+    """Map domain errors raised while fetching to 404/403 pages."""
+
+    def wrapper(request, *args, **kwargs):
+        try:
+            return fn(request, *args, **kwargs)
+        except NotFound as exc:
+            raise Http404(str(exc.detail)) from None
+        except Forbidden as exc:
+            raise PermissionDenied(str(exc.detail)) from None
+
+    wrapper.__name__ = fn.__name__
+    wrapper.__doc__ = fn.__doc__
+    return login_required(wrapper)
+
+
+def _add_errors(form, exc: DomainError) -> None:
+    detail = exc.detail
+    if isinstance(detail, dict):
+        for field, errors in detail.items():
+            target = field if field in form.fields else None
+            for error in errors if isinstance(errors, list) else [errors]:
+                form.add_error(target, error if target else f"{field}: {error}")
+    elif isinstance(detail, list):
+        for error in detail:
+            form.add_error(None, str(error))
+    else:
+        form.add_error(None, str(detail))
+
+
+def _teams_with(actor: Actor, role: str):
+    roles = access.team_roles(actor)
+    teams = Team.objects.all()
+    if roles is None:
+        return teams
+    return teams.filter(pk__in=[t for t, r in roles.items() if ROLE_RANK[r] >= ROLE_RANK[role]])
+
+
+@_scoped
+def agent_list(request: HttpRequest) -> HttpResponse:
+    actor = _actor(request)
+    agents = (
+        access.readable(actor, Agent.objects.select_related("team"))
+        .annotate(latest_version=Max("versions__number"))
+        .prefetch_related(Prefetch(
+            "deployments",
+            queryset=Deployment.objects.only("id", "agent_id", "health", "replicas", "state"),
+        ))
+    )
+    team, pattern, query = (request.GET.get(k, "").strip() for k in ("team", "pattern", "q"))
+    if team:
+        agents = agents.filter(team__slug=team)
+    if pattern in Pattern.values:
+        agents = agents.filter(pattern=pattern)
+    if query:
+        agents = agents.filter(Q(slug__icontains=query) | Q(name__icontains=query))
+    page = Paginator(agents, 50).get_page(request.GET.get("page"))
+    rows = []
+    for agent in page:
+        deployments = list(agent.deployments.all())
+        rows.append({"agent": agent, "deployments": deployments,
+                     "health": worst_health(d.health for d in deployments)})
+    context = {
+        "rows": rows, "page": page, "patterns": Pattern.choices,
+        "teams": access.readable(actor, Team.objects.all()),
+        "filters": {"team": team, "pattern": pattern, "q": query},
+        "can_create": _teams_with(actor, Role.OPERATOR).exists(),
+    }
+    template = "deployments/agent_list.html"
+    if request.htmx and request.htmx.target == "agent-table":
+        template += "#agent-table"
+    return render(request, template, context)
+
+
+@_scoped
+@require_http_methods(["GET", "POST"])
+def agent_create(request: HttpRequest) -> HttpResponse:
+    actor = _actor(request)
+    teams = _teams_with(actor, Role.OPERATOR)
+    if not teams.exists():
+        raise PermissionDenied("You need the operator role in a team to register agents.")
+    form = AgentForm(request.POST or None, teams=teams)
+    if request.method == "POST" and form.is_valid():
+        data = form.cleaned_data
+        try:
+            access.require_role(actor, data["team"].pk, Role.OPERATOR)
+            agent = actions.create_agent(data["team"], actor=actor, slug=data["slug"],
+                                         name=data["name"], pattern=data["pattern"],
+                                         description=data["description"])
+        except (Invalid, DomainError) as exc:
+            _add_errors(form, exc)
+        else:
+            messages.success(request, f"Agent {agent.slug} registered. Add its first version.")
+            return _redirect(request, reverse("deployments:agent", args=[agent.pk]))
+    template = "deployments/agent_form.html"
+    if request.htmx:
+        template += "#agent-form"
+    return render(request, template, {"form": form}, status=422 if form.errors else 200)
+
+
+def _redirect(request: HttpRequest, url: str) -> HttpResponse:
+    if request.htmx:
+        response = HttpResponse(status=204)
+        response["HX-Redirect"] = url
+        return response
+    return redirect(url)
+
+
+def _agent_context(actor: Actor, agent: Agent, **extra) -> dict:
+    can_write = access.has_role(actor, agent.team_id, Role.OPERATOR)
+    return {
+        "agent": agent,
+        "versions": agent.versions.select_related("created_by").order_by("-number")[:50],
+        "deployments": agent.deployments.select_related("version", "target")
+        .annotate(ready=Count("instances", filter=Q(instances__health="Healthy"))),
+        "can_write": can_write,
+        "version_form": extra.pop("version_form", None) or VersionForm(),
+        "deployment_form": extra.pop("deployment_form", None) or DeploymentForm(agent=agent),
+        **extra,
+    }
+
+
+@_scoped
+@require_GET
+def agent_detail(request: HttpRequest, agent_id: int) -> HttpResponse:
+    actor = _actor(request)
+    agent = access.get_for(actor, Agent.objects.select_related("team"), pk=agent_id)
+    return render(request, "deployments/agent_detail.html", _agent_context(actor, agent))
+
+
+@_scoped
+@require_POST
+def version_create(request: HttpRequest, agent_id: int) -> HttpResponse:
+    actor = _actor(request)
+    agent = access.get_for(actor, Agent.objects.select_related("team"), Role.OPERATOR,
+                           pk=agent_id)
+    form = VersionForm(request.POST)
+    status = 422
+    if form.is_valid():
+        try:
+            version = actions.create_version(agent, actor=actor, **form.cleaned_data)
+        except DomainError as exc:
+            _add_errors(form, exc)
+        else:
+            messages.success(request, f"Version {version.number} created ({version.digest[:19]}).")
+            form, status = VersionForm(), 200
+    if not request.htmx:
+        if status == 200:
+            return redirect("deployments:agent", agent_id=agent.pk)
+        return render(request, "deployments/agent_detail.html",
+                      _agent_context(actor, agent, version_form=form), status=status)
+    return render(request, "deployments/agent_detail.html#versions",
+                  _agent_context(actor, agent, version_form=form), status=status)
+
+
+@_scoped
+@require_POST
+def deployment_create(request: HttpRequest, agent_id: int) -> HttpResponse:
+    actor = _actor(request)
+    agent = access.get_for(actor, Agent.objects.select_related("team"), Role.OPERATOR,
+                           pk=agent_id)
+    form = DeploymentForm(request.POST, agent=agent)
+    if form.is_valid():
+        data = dict(form.cleaned_data)
+        try:
+            deployment = actions.create_deployment(
+                agent, version=data.pop("version"), target=data.pop("target"), actor=actor,
+                **data)
+        except DomainError as exc:
+            _add_errors(form, exc)
+        else:
+            messages.success(request, f"Deployment {deployment} created.")
+            return _redirect(request, reverse("deployments:deployment", args=[deployment.pk]))
+    template = "deployments/agent_detail.html"
+    if request.htmx:
+        template += "#deploy-form"
+    return render(request, template, _agent_context(actor, agent, deployment_form=form),
+                  status=422)
+
+
+def _deployment_context(actor: Actor, deployment: Deployment, **extra) -> dict:
+    instances = list(Instance.objects.filter(deployment=deployment).select_related("version"))
+    return {
+        "deployment": deployment,
+        "instances": instances,
+        "ready": sum(1 for i in instances if i.health == "Healthy"),
+        "can_write": access.has_role(actor, deployment.agent.team_id, Role.OPERATOR),
+        "scale_form": extra.pop("scale_form", None)
+        or ScaleForm(initial={"replicas": deployment.replicas}),
+        **extra,
+    }
+
+
+DEPLOYMENT_QS = Deployment.objects.select_related("agent__team", "version", "target")
+
+
+@_scoped
+@require_GET
+def deployment_detail(request: HttpRequest, deployment_id: int) -> HttpResponse:
+    actor = _actor(request)
+    deployment = access.get_for(actor, DEPLOYMENT_QS, pk=deployment_id)
+    template = "deployments/deployment_detail.html"
+    if request.htmx and request.htmx.target == "deployment-status":
+        template += "#status"
+    return render(request, template, _deployment_context(actor, deployment))
+
+
+@_scoped
+@require_POST
+def deployment_scale(request: HttpRequest, deployment_id: int) -> HttpResponse:
+    actor = _actor(request)
+    deployment = access.get_for(actor, DEPLOYMENT_QS, Role.OPERATOR, pk=deployment_id)
+    form = ScaleForm(request.POST)
+    status = 422
+    if form.is_valid():
+        try:
+            deployment = actions.scale_deployment(
+                deployment, replicas=form.cleaned_data["replicas"], actor=actor)
+        except DomainError as exc:
+            _add_errors(form, exc)
+        else:
+            status = 200
+            form = ScaleForm(initial={"replicas": deployment.replicas})
+            deployment = DEPLOYMENT_QS.get(pk=deployment.pk)
+    context = _deployment_context(actor, deployment, scale_form=form)
+    if not request.htmx:
+        if status == 200:
+            return redirect("deployments:deployment", deployment_id=deployment.pk)
+        return render(request, "deployments/deployment_detail.html", context, status=status)
+    return render(request, "deployments/deployment_detail.html#status", context, status=status)
+
+
+@_scoped
+@require_POST
+def deployment_state(request: HttpRequest, deployment_id: int) -> HttpResponse:
+    actor = _actor(request)
+    deployment = access.get_for(actor, DEPLOYMENT_QS, Role.OPERATOR, pk=deployment_id)
+    form = StateForm(request.POST)
+    if not form.is_valid():
+        return HttpResponse("Unknown state.", status=400)
+    actions.update_deployment(deployment, state=form.cleaned_data["state"], actor=actor)
+    messages.success(request, f"Deployment is now {form.cleaned_data['state']}.")
+    return _redirect(request, reverse("deployments:deployment", args=[deployment.pk]))
