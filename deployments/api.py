@@ -4,11 +4,9 @@ Every handler resolves the caller into an ``Actor`` (bearer token or session),
 fetches through ``access`` (outsiders 404, low roles 403) and changes state
 only through ``actions``.
 """
-from __future__ import annotations
-
 from django.db.models import QuerySet
 from django.http import HttpRequest
-from ninja import Query, Router, Schema
+from ninja import Query, Router, Schema, Status
 from ninja.pagination import LimitOffsetPagination, paginate
 from ninja.security import APIKeyCookie, HttpBearer
 
@@ -126,7 +124,7 @@ def create_team(request, payload: TeamIn):
 
         raise Forbidden("Teams are created by a person, not a token.")
     team = actions.create_team(name=payload.name, slug=payload.slug, actor=actor)
-    return 201, _team_out(team, access.team_roles(actor))
+    return Status(201, _team_out(team, access.team_roles(actor)))
 
 
 @router.get("/teams/{team_id}", response=TeamOut, tags=["teams"])
@@ -147,7 +145,7 @@ def update_team(request, team_id: Id, payload: TeamPatch):
 def delete_team(request, team_id: Id):
     actor = actor_of(request)
     actions.delete_team(access.get_team_for(actor, team_id, Role.ADMIN), actor=actor)
-    return 204, None
+    return Status(204, None)
 
 
 @router.get("/teams/{team_id}/members", response=list[MemberOut], tags=["teams"])
@@ -160,8 +158,9 @@ def list_members(request, team_id: Id):
 def add_member(request, team_id: Id, payload: MemberIn):
     actor = actor_of(request)
     team = access.get_team_for(actor, team_id, Role.ADMIN)
-    return 201, actions.add_member(team, username=payload.username, role=payload.role,
-                                   actor=actor)
+    membership = actions.add_member(team, username=payload.username, role=payload.role,
+                                    actor=actor)
+    return Status(201, membership)
 
 
 @router.patch("/teams/{team_id}/members/{member_id}", response=MemberOut, tags=["teams"])
@@ -178,7 +177,7 @@ def remove_member(request, team_id: Id, member_id: Id):
     membership = access.get_for(actor, Membership.objects.filter(team_id=team_id),
                                 Role.ADMIN, pk=member_id)
     actions.remove_member(membership, actor=actor)
-    return 204, None
+    return Status(204, None)
 
 
 # Agents and versions -------------------------------------------------------------
@@ -203,7 +202,7 @@ def create_agent(request, payload: AgentIn):
     actor = actor_of(request)
     team = access.get_team_for(actor, payload.team_id, Role.OPERATOR)
     data = payload.dict(exclude={"team_id"})
-    return 201, actions.create_agent(team, actor=actor, **data)
+    return Status(201, actions.create_agent(team, actor=actor, **data))
 
 
 @router.get("/agents/{agent_id}", response=AgentOut, tags=["agents"])
@@ -223,7 +222,7 @@ def delete_agent(request, agent_id: Id):
     actor = actor_of(request)
     agent = access.get_for(actor, Agent.objects.all(), Role.OPERATOR, pk=agent_id)
     actions.delete_agent(agent, actor=actor)
-    return 204, None
+    return Status(204, None)
 
 
 @router.get("/agents/{agent_id}/versions", response=list[VersionOut], tags=["agents"])
@@ -237,7 +236,7 @@ def list_versions(request, agent_id: Id):
 def create_version(request, agent_id: Id, payload: VersionIn):
     actor = actor_of(request)
     agent = access.get_for(actor, Agent.objects.all(), Role.OPERATOR, pk=agent_id)
-    return 201, actions.create_version(agent, actor=actor, **payload.dict())
+    return Status(201, actions.create_version(agent, actor=actor, **payload.dict()))
 
 
 @router.get("/agents/{agent_id}/versions/{number}", response=VersionOut, tags=["agents"])
@@ -252,7 +251,7 @@ def delete_version(request, agent_id: Id, number: Id):
     version = access.get_for(actor, AgentVersion.objects.filter(agent_id=agent_id),
                              Role.OPERATOR, number=number)
     actions.delete_version(version, actor=actor)
-    return 204, None
+    return Status(204, None)
 
 
 # Targets ------------------------------------------------------------------------
@@ -280,7 +279,7 @@ def create_target(request, payload: TargetIn):
     actor = actor_of(request)
     team = access.get_team_for(actor, payload.team_id, Role.ADMIN)
     target = actions.create_target(team, actor=actor, **payload.dict(exclude={"team_id"}))
-    return 201, _target_out(target)
+    return Status(201, _target_out(target))
 
 
 @router.get("/targets/{target_id}", response=TargetOut, tags=["targets"])
@@ -301,7 +300,7 @@ def delete_target(request, target_id: Id):
     actor = actor_of(request)
     target = access.get_for(actor, Target.objects.all(), Role.ADMIN, pk=target_id)
     actions.delete_target(target, actor=actor)
-    return 204, None
+    return Status(204, None)
 
 
 # Deployments --------------------------------------------------------------------
@@ -338,7 +337,7 @@ def create_deployment(request, payload: DeploymentIn):
     fields = payload.dict(exclude={"agent_id", "target_id", "version_id"}, exclude_none=True)
     deployment = actions.create_deployment(agent, version=version, target=target, actor=actor,
                                            **fields)
-    return 201, DEPLOYMENTS.get(pk=deployment.pk)
+    return Status(201, DEPLOYMENTS.get(pk=deployment.pk))
 
 
 @router.get("/deployments/{deployment_id}", response=DeploymentOut, tags=["deployments"])
@@ -371,7 +370,7 @@ def delete_deployment(request, deployment_id: Id):
     actor = actor_of(request)
     deployment = access.get_for(actor, DEPLOYMENTS.all(), Role.OPERATOR, pk=deployment_id)
     actions.delete_deployment(deployment, actor=actor)
-    return 204, None
+    return Status(204, None)
 
 
 @router.get("/deployments/{deployment_id}/instances", response=list[InstanceOut],
@@ -395,7 +394,8 @@ def list_secrets(request, team: Id | None = None):
 def create_secret(request, payload: SecretIn):
     actor = actor_of(request)
     team = access.get_team_for(actor, payload.team_id, Role.ADMIN)
-    return 201, actions.create_secret(team, name=payload.name, value=payload.value, actor=actor)
+    secret = actions.create_secret(team, name=payload.name, value=payload.value, actor=actor)
+    return Status(201, secret)
 
 
 @router.get("/secrets/{secret_id}", response=SecretOut, tags=["secrets"])
@@ -415,7 +415,7 @@ def delete_secret(request, secret_id: Id):
     actor = actor_of(request)
     secret = access.get_for(actor, Secret.objects.all(), Role.ADMIN, pk=secret_id)
     actions.delete_secret(secret, actor=actor)
-    return 204, None
+    return Status(204, None)
 
 
 # Tokens -------------------------------------------------------------------------
@@ -435,8 +435,8 @@ def create_token(request, payload: TokenIn):
     team = access.get_team_for(actor, payload.team_id, Role.ADMIN)
     token, plaintext = actions.create_token(team, name=payload.name, scope=payload.scope,
                                             expires_at=payload.expires_at, actor=actor)
-    out = TokenOut.from_orm(token).dict()
-    return 201, {**out, "token": plaintext}
+    token.token = plaintext  # shown in this answer only
+    return Status(201, token)
 
 
 @router.get("/tokens/{token_id}", response=TokenOut, tags=["tokens"])

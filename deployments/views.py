@@ -87,6 +87,7 @@ def agent_list(request: HttpRequest) -> HttpResponse:
     agents = (
         access.readable(actor, Agent.objects.select_related("team"))
         .annotate(latest_version=Max("versions__number"))
+        .order_by("team__slug", "slug")
         .prefetch_related(Prefetch(
             "deployments",
             queryset=Deployment.objects.only("id", "agent_id", "health", "replicas", "state"),

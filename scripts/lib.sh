@@ -1,0 +1,38 @@
+# Shared helpers for scripts/run and scripts/test. Sourced, not executed.
+
+PY=${PYTHON:-python3}
+
+log() { printf '\033[1;34m==>\033[0m %s\n' "$*" >&2; }
+
+ensure_venv() {
+  if [ ! -x .venv/bin/python ]; then
+    log "creating the virtualenv in .venv"
+    "$PY" -m venv .venv
+  fi
+  local stamp=.venv/.hangar-installed
+  if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+    log "installing Hangar and its dependencies"
+    .venv/bin/pip install --disable-pip-version-check -q -e '.[test]'
+    touch "$stamp"
+  fi
+}
+
+psql_admin() {
+  psql -h 127.0.0.1 -p 5432 -U postgres -v ON_ERROR_STOP=1 "$@"
+}
+
+ensure_postgres() {
+  if pg_isready -q -h 127.0.0.1 -p 5432; then return; fi
+  log "starting PostgreSQL"
+  pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -1)" main start
+  for _ in $(seq 1 30); do pg_isready -q -h 127.0.0.1 -p 5432 && return; sleep 1; done
+  echo "PostgreSQL did not start" >&2; exit 1
+}
+
+ensure_redis() {
+  if redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1; then return; fi
+  log "starting Redis"
+  redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no
+  for _ in $(seq 1 30); do redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1 && return; sleep 1; done
+  echo "Redis did not start" >&2; exit 1
+}

@@ -1,0 +1,204 @@
+"""The authorization matrix: every API route as admin, operator, viewer,
+outsider and anonymous. Outsiders get 404 (nothing leaks), members below the
+needed role get 403, anonymous callers get 401."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from deployments.models import AuditEvent
+
+RANK = {"viewer": 1, "operator": 2, "admin": 3}
+
+# (id, method, path, body, role needed, status on success)
+ROUTES = [
+    ("get-team", "GET", "/teams/{team}", None, "viewer", 200),
+    ("patch-team", "PATCH", "/teams/{team}", {"name": "Acme Corp"}, "admin", 200),
+    ("delete-team", "DELETE", "/teams/{team}", None, "admin", 409),  # has deployments
+    ("list-members", "GET", "/teams/{team}/members", None, "viewer", 200),
+    ("add-member", "POST", "/teams/{team}/members", {"username": "newbie", "role": "viewer"},
+     "admin", 201),
+    ("patch-member", "PATCH", "/teams/{team}/members/{member}", {"role": "operator"},
+     "admin", 200),
+    ("delete-member", "DELETE", "/teams/{team}/members/{member}", None, "admin", 204),
+    ("create-agent", "POST", "/agents",
+     {"team_id": "{team}", "slug": "new-agent", "name": "New", "pattern": "batch"},
+     "operator", 201),
+    ("get-agent", "GET", "/agents/{agent}", None, "viewer", 200),
+    ("patch-agent", "PATCH", "/agents/{agent}", {"description": "changed"}, "operator", 200),
+    ("delete-agent", "DELETE", "/agents/{spare_agent}", None, "operator", 204),
+    ("list-versions", "GET", "/agents/{agent}/versions", None, "viewer", 200),
+    ("create-version", "POST", "/agents/{agent}/versions", {"image": "img:2", "port": 9000},
+     "operator", 201),
+    ("get-version", "GET", "/agents/{agent}/versions/1", None, "viewer", 200),
+    ("delete-version", "DELETE", "/agents/{agent}/versions/2", None, "operator", 204),
+    ("create-target", "POST", "/targets",
+     {"team_id": "{team}", "name": "edge-1", "kind": "edge"}, "admin", 201),
+    ("get-target", "GET", "/targets/{target}", None, "viewer", 200),
+    ("patch-target", "PATCH", "/targets/{target}", {"labels": {"zone": "a"}}, "admin", 200),
+    ("delete-target", "DELETE", "/targets/{spare_target}", None, "admin", 204),
+    ("create-deployment", "POST", "/deployments",
+     {"agent_id": "{agent}", "target_id": "{target}", "environment": "staging"},
+     "operator", 201),
+    ("get-deployment", "GET", "/deployments/{deployment}", None, "viewer", 200),
+    ("patch-deployment", "PATCH", "/deployments/{deployment}", {"replicas": 3},
+     "operator", 200),
+    ("delete-deployment", "DELETE", "/deployments/{deployment}", None, "operator", 204),
+    ("list-instances", "GET", "/deployments/{deployment}/instances", None, "viewer", 200),
+    ("create-secret", "POST", "/secrets", {"team_id": "{team}", "name": "DB_URL",
+                                            "value": "postgres://u:p@h/db"}, "admin", 201),
+    ("get-secret", "GET", "/secrets/{secret}", None, "viewer", 200),
+    ("patch-secret", "PATCH", "/secrets/{secret}", {"value": "rotated"}, "admin", 200),
+    ("delete-secret", "DELETE", "/secrets/{secret}", None, "admin", 204),
+    ("create-token", "POST", "/tokens", {"team_id": "{team}", "name": "deploy-bot",
+                                          "scope": "deploy"}, "admin", 201),
+    ("get-token", "GET", "/tokens/{token}", None, "viewer", 200),
+    ("revoke-token", "DELETE", "/tokens/{token}", None, "admin", 200),
+]
+
+LISTS = ["/teams", "/agents", "/targets", "/deployments", "/secrets", "/tokens"]
+
+
+def fill(template, world):
+    ids = {"team": world.team.pk, "agent": world.agent.pk, "spare_agent": world.spare_agent.pk,
+           "target": world.target.pk, "spare_target": world.spare_target.pk,
+           "deployment": world.deployment.pk, "secret": world.secret.pk,
+           "token": world.token_row.pk, "member": world.member.pk}
+    if isinstance(template, str):
+        if template.startswith("{") and template.endswith("}") and template[1:-1] in ids:
+            return ids[template[1:-1]]
+        return template.format(**ids)
+    if isinstance(template, dict):
+        return {k: fill(v, world) for k, v in template.items()}
+    return template
+
+
+def call(client, method, path, body=None):
+    kwargs = {}
+    if body is not None:
+        kwargs = {"data": json.dumps(body), "content_type": "application/json"}
+    return getattr(client, method.lower())(f"/api/v1{path}", **kwargs)
+
+
+@pytest.mark.parametrize("who", ["admin", "operator", "viewer", "outsider", None])
+@pytest.mark.parametrize("route", ROUTES, ids=[r[0] for r in ROUTES])
+def test_route_authorization(world, route, who):
+    from .factories import UserFactory
+
+    UserFactory(username="newbie")
+    _, method, path, body, needed, ok_status = route
+    client = world.client(who)
+    before = AuditEvent.objects.count()
+    response = call(client, method, fill(path, world), fill(body, world))
+    if who is None:
+        expected = 401
+    elif who == "outsider":
+        expected = 404
+    elif RANK[who] >= RANK[needed]:
+        expected = ok_status
+    else:
+        expected = 403
+    assert response.status_code == expected, response.content
+    assert "detail" in response.json() if response.status_code >= 400 else True
+    writes = method != "GET" and response.status_code < 300
+    assert (AuditEvent.objects.count() > before) == writes
+
+
+@pytest.mark.parametrize("path", LISTS)
+@pytest.mark.parametrize("who", ["admin", "operator", "viewer", "outsider", None])
+def test_lists_show_only_readable_teams(world, path, who):
+    response = call(world.client(who), "GET", path)
+    if who is None:
+        assert response.status_code == 401
+        return
+    assert response.status_code == 200
+    body = response.json()
+    assert set(body) == {"items", "count"}
+    team_ids = {item.get("team_id", item.get("id")) for item in body["items"]}
+    mine = world.other_team.pk if who == "outsider" else world.team.pk
+    assert team_ids <= {mine}
+    assert body["count"] == len(body["items"])
+
+
+def test_token_scope_caps_the_role(world):
+    # The admin's read-scoped token cannot write, even though the admin can.
+    client = world.client("admin", scope="read")
+    assert call(client, "GET", f"/agents/{world.agent.pk}").status_code == 200
+    response = call(client, "PATCH", f"/agents/{world.agent.pk}", {"description": "x"})
+    assert response.status_code == 403
+    deploy = world.client("admin", scope="deploy")
+    assert call(deploy, "PATCH", f"/deployments/{world.deployment.pk}",
+                {"replicas": 2}).status_code == 200
+    assert call(deploy, "POST", "/secrets", {"team_id": world.team.pk, "name": "X",
+                                             "value": "y"}).status_code == 403
+
+
+def test_token_only_reaches_its_own_team(world):
+    from deployments import actions
+    from deployments.audit import Actor
+
+    from .factories import MembershipFactory
+
+    # The operator is also admin of the other team, but this token is for Acme.
+    MembershipFactory(team=world.other_team, user=world.users["operator"], role="admin")
+    client = world.client("operator")
+    response = call(client, "GET", "/teams")
+    assert [t["slug"] for t in response.json()["items"]] == ["acme"]
+    _, other_token = actions.create_token(world.other_team, name="t", scope="admin",
+                                          expires_at=None,
+                                          actor=Actor(user=world.users["operator"]))
+    from django.test import Client
+
+    other = Client(headers={"Authorization": f"Bearer {other_token}"})
+    assert call(other, "GET", f"/agents/{world.agent.pk}").status_code == 404
+
+
+def test_revoked_expired_and_garbage_tokens_are_rejected(world):
+    from datetime import timedelta
+
+    from django.test import Client
+    from django.utils import timezone
+
+    from deployments.models import ApiToken
+
+    client = world.client("viewer")
+    assert call(client, "GET", "/agents").status_code == 200
+    token = ApiToken.objects.get(name="viewer-admin")
+    ApiToken.objects.filter(pk=token.pk).update(expires_at=timezone.now() - timedelta(seconds=1))
+    assert call(client, "GET", "/agents").status_code == 401
+    ApiToken.objects.filter(pk=token.pk).update(expires_at=None, revoked_at=timezone.now())
+    assert call(client, "GET", "/agents").status_code == 401
+    for garbage in ["hgr_", "hgr_x_y", "Bearer", "x" * 5000, "hgr_" + token.prefix + "_wrong"]:
+        response = Client(headers={"Authorization": f"Bearer {garbage}"}).get("/api/v1/agents")
+        assert response.status_code == 401
+        assert response.json()["detail"]
+
+
+def test_session_auth_works_and_enforces_csrf(world):
+    from django.test import Client
+
+    client = Client(enforce_csrf_checks=True)
+    client.force_login(world.users["operator"])
+    assert client.get("/api/v1/agents").status_code == 200
+    response = client.patch(f"/api/v1/agents/{world.agent.pk}", data='{"name": "x"}',
+                            content_type="application/json")
+    assert response.status_code == 403  # no CSRF token
+    client.get("/")  # sets the csrftoken cookie
+    csrf = client.cookies["csrftoken"].value
+    response = client.patch(f"/api/v1/agents/{world.agent.pk}", data='{"name": "Renamed"}',
+                            content_type="application/json", headers={"X-CSRFToken": csrf})
+    assert response.status_code == 200
+    assert response.json()["name"] == "Renamed"
+
+
+def test_superuser_session_sees_every_team(world):
+    from django.test import Client
+
+    from .factories import UserFactory
+
+    root = UserFactory(username="root", is_superuser=True, is_staff=True)
+    client = Client()
+    client.force_login(root)
+    slugs = {t["slug"] for t in client.get("/api/v1/teams").json()["items"]}
+    assert {"acme", "umbrella"} <= slugs
