@@ -37,7 +37,8 @@ class VersionForm(forms.Form):
     env = forms.CharField(widget=forms.Textarea(attrs={"rows": 3}), required=False,
                           help_text="One KEY=value per line.")
     secret_refs = forms.CharField(required=False, help_text="Secret names, comma separated.")
-    cpu = forms.DecimalField(min_value=0.01, max_value=256, decimal_places=3, initial="0.5")
+    cpu = forms.DecimalField(min_value=0.01, max_value=256, decimal_places=3, initial="0.5",
+                             label="CPU (cores)")
     memory_mb = forms.IntegerField(min_value=16, max_value=1024 * 1024, initial=256,
                                    label="Memory (MiB)")
     port = forms.IntegerField(min_value=1, max_value=65535, required=False)

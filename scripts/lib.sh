@@ -12,7 +12,7 @@ ensure_venv() {
   local stamp=.venv/.hangar-installed
   if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
     log "installing Hangar and its dependencies"
-    .venv/bin/pip install --disable-pip-version-check -q -e '.[test]'
+    .venv/bin/pip install --disable-pip-version-check -q -e ".${HANGAR_EXTRAS:-[test]}"
     touch "$stamp"
   fi
 }
