@@ -50,7 +50,9 @@ def _validated_save(obj, *, exclude: list[str] | None = None, update_fields=None
         with transaction.atomic():
             obj.save(update_fields=update_fields)
     except IntegrityError as exc:
-        raise Conflict(f"{obj._meta.verbose_name.capitalize()} clashes with an existing one: {exc}")
+        raise Conflict(
+            f"{obj._meta.verbose_name.capitalize()} clashes with an existing one: {exc}"
+        ) from None
 
 
 def _messages(exc: ValidationError) -> Any:

@@ -231,7 +231,9 @@ class Deployment(models.Model):
     agent = models.ForeignKey(Agent, on_delete=models.CASCADE, related_name="deployments")
     version = models.ForeignKey(AgentVersion, on_delete=models.PROTECT, related_name="+")
     target = models.ForeignKey(Target, on_delete=models.PROTECT, related_name="deployments")
-    environment = models.CharField(max_length=63, default="production", validators=[slug_validator])
+    environment = models.CharField(
+        max_length=63, default="production", validators=[slug_validator]
+    )
     replicas = models.PositiveIntegerField(default=1, validators=[MaxValueValidator(1000)])
     state = models.CharField(
         max_length=16, choices=DeploymentState.choices, default=DeploymentState.ACTIVE
@@ -302,7 +304,9 @@ class Instance(models.Model):
 
     deployment = models.ForeignKey(Deployment, on_delete=models.CASCADE, related_name="instances")
     name = models.CharField(max_length=100)
-    version = models.ForeignKey(AgentVersion, null=True, on_delete=models.SET_NULL, related_name="+")
+    version = models.ForeignKey(
+        AgentVersion, null=True, on_delete=models.SET_NULL, related_name="+"
+    )
     generation = models.PositiveBigIntegerField(default=0)
     runtime_id = models.CharField(max_length=255, blank=True)
     host = models.CharField(max_length=255, blank=True)

@@ -1,0 +1,102 @@
+"""The README's run command, started as a newcomer would, serves a logged-in
+dashboard listing the demo agent, with a worker running; re-running is safe."""
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+ROOT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.slow
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start(data_dir: Path, port: int) -> tuple[subprocess.Popen, Path]:
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("HANGAR_", "DATABASE_URL", "REDIS_URL", "DJANGO_SETTINGS"))}
+    env.update(HANGAR_DATA_DIR=str(data_dir), HANGAR_PORT=str(port))
+    log = data_dir.parent / f"run-{port}.log"
+    process = subprocess.Popen(["bash", "scripts/run"], cwd=ROOT, env=env,
+                               stdout=log.open("w"), stderr=subprocess.STDOUT,
+                               start_new_session=True)
+    return process, log
+
+
+def stop(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+def wait_for(url: str, process, log: Path, timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError("run command exited early:\n" + log.read_text())
+        try:
+            if requests.get(url, timeout=2).status_code == 200:
+                return
+        except requests.ConnectionError:
+            pass
+        time.sleep(0.5)
+    raise AssertionError("server never answered:\n" + log.read_text())
+
+
+def login_and_fetch(base: str, password: str) -> str:
+    session = requests.Session()
+    session.get(f"{base}/login/", timeout=10)
+    response = session.post(f"{base}/login/", timeout=10, data={
+        "username": "admin", "password": password,
+        "csrfmiddlewaretoken": session.cookies["csrftoken"]},
+        headers={"Referer": f"{base}/login/"})
+    assert response.url.rstrip("/") == base, "login did not land on the dashboard"
+    return response.text
+
+
+def test_run_command_serves_the_demo_dashboard(tmp_path):
+    data_dir = tmp_path / "var"
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    process, log = start(data_dir, port)
+    try:
+        wait_for(f"{base}/healthz", process, log)
+        output = log.read_text()
+        match = re.search(r"Log in as: admin / (\S+)", output)
+        assert match, output
+        password = match.group(1)
+        assert f"Hangar is at {base}/" in output
+        html = login_and_fetch(base, password)
+        assert "Demo assistant" in html and "demo-assistant" in html
+        assert (data_dir / "hangar.sqlite3").exists()
+        deadline = time.monotonic() + 60
+        while "ready" not in (data_dir / "worker.log").read_text():
+            assert time.monotonic() < deadline, (data_dir / "worker.log").read_text()
+            time.sleep(0.5)
+    finally:
+        stop(process)
+
+    # Re-running keeps the account and the data, and seeds nothing twice.
+    process, log = start(data_dir, port)
+    try:
+        wait_for(f"{base}/healthz", process, log)
+        assert f"Log in as: admin / {password}" in log.read_text()
+        html = login_and_fetch(base, password)
+        assert html.count("demo-assistant</div>") == 1
+    finally:
+        stop(process)
