@@ -1,6 +1,9 @@
 """The runtime contract, typed per-kind connection settings, and the registry."""
 from __future__ import annotations
 
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, ClassVar
 
 from django.utils.module_loading import import_string
@@ -112,6 +115,223 @@ def connection_public_view(kind: str, data: dict[str, Any]) -> dict[str, Any]:
     return view
 
 
+LABEL_DEPLOYMENT = "hangar.deployment"
+LABEL_INSTANCE = "hangar.instance"
+LABEL_GENERATION = "hangar.generation"
+LABEL_TEAM = "hangar.team"
+LABEL_AGENT = "hangar.agent"
+LABEL_MANAGED = "hangar.managed"
+
+
+@dataclass(frozen=True)
+class HealthCheck:
+    """How to decide an instance is live and ready (HTTP on the instance port)."""
+
+    path: str = "/healthz"
+    ready_path: str = "/readyz"
+    timeout_s: float = 2.0
+    # An instance not ready this long after starting is Degraded.
+    progress_deadline_s: float = 60.0
+
+
+@dataclass(frozen=True)
+class InstanceSpec:
+    """Everything a driver needs to create one instance. Plain data only."""
+
+    deployment_id: int
+    name: str  # unique per deployment, stable: also the runtime object's name suffix
+    generation: int
+    team: str
+    agent: str
+    pattern: str
+    image: str = ""
+    bundle: str = ""
+    command: tuple[str, ...] = ()
+    env: dict[str, str] = field(default_factory=dict)  # secrets already resolved
+    cpu: float = 0.5
+    memory_mb: int = 256
+    port: int | None = None  # the port the agent listens on ($PORT); allocated per replica
+    health: HealthCheck | None = None
+
+    def labels(self) -> dict[str, str]:
+        return {
+            LABEL_MANAGED: "true",
+            LABEL_DEPLOYMENT: str(self.deployment_id),
+            LABEL_INSTANCE: self.name,
+            LABEL_GENERATION: str(self.generation),
+            LABEL_TEAM: self.team,
+            LABEL_AGENT: self.agent,
+        }
+
+
+@dataclass(frozen=True)
+class Autoscale:
+    min_replicas: int
+    max_replicas: int
+    signal: str  # "cpu" (percent of requested cpu) | "inflight" | "lag"
+    target: float
+
+
+@dataclass(frozen=True)
+class DeploymentSpec:
+    """Whole-deployment desired state, for drivers that manage replicas
+    themselves (``features.manages_replicas``, e.g. Kubernetes)."""
+
+    deployment_id: int
+    name: str  # DNS-1123 safe, e.g. "support-bot-production-12"
+    generation: int
+    replicas: int
+    template: InstanceSpec  # name/port are the template's; env holds non-secret values
+    secret_env: dict[str, str] = field(default_factory=dict)  # -> a Secret
+    config: dict[str, str] = field(default_factory=dict)  # -> a ConfigMap
+    autoscale: Autoscale | None = None  # -> a HorizontalPodAutoscaler
+    schedule: str | None = None  # batch: cron -> CronJob
+    timezone: str | None = None
+    concurrency_policy: str = "Forbid"  # Allow | Forbid | Replace
+    timeout_s: int | None = None
+    retries: int = 0
+
+
+@dataclass
+class ObservedInstance:
+    """What a driver reports about one runtime object it found by labels."""
+
+    name: str
+    runtime_id: str
+    generation: int
+    phase: str  # pending | starting | running | exited | failed | lost
+    host: str = ""
+    address: str = ""  # host:port where the agent answers, if any
+    port: int | None = None
+    exit_code: int | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    # Health as the runtime itself sees it (Docker HEALTHCHECK, pod conditions):
+    # "healthy" | "unhealthy" | "starting" | "" (none).
+    runtime_health: str = ""
+    message: str = ""  # e.g. "OOMKilled", "ImagePullBackOff: ..."
+    restarts: int = 0  # restarts done by the runtime itself (pods)
+
+
+@dataclass
+class JobResult:
+    exit_code: int
+    logs: str
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    timed_out: bool = False
+
+
+@dataclass
+class Usage:
+    cpu_percent: float  # of one core, summed over cores (200 = two full cores)
+    memory_bytes: int
+
+
+@dataclass
+class Probe:
+    """Result of probing an instance: ``live`` answers at all, ``ready`` serves."""
+
+    live: bool
+    ready: bool
+    reason: str = ""
+    inflight: float | None = None  # in-flight requests the agent reports, if any
+
+
+class Runtime:
+    """The contract every driver implements. One instance per Target row.
+
+    Drivers raise only :class:`RuntimeFailure`; they return plain dataclasses
+    and never leak SDK objects. Everything is found by labels, never by memory:
+    a fresh driver object must see what a previous one created.
+    """
+
+    features = None  # a Features subclass instance
+
+    def __init__(self, target):
+        self.target = target
+        self.connection = target.connection
+
+    # Lifecycle --------------------------------------------------------------
+    def ping(self) -> None:
+        """Raise RuntimeFailure if the target cannot be reached."""
+        raise NotImplementedError
+
+    def ensure_instance(self, spec: InstanceSpec) -> ObservedInstance:
+        """Create and start the instance if missing (idempotent by spec.name);
+        start it again if it exists but stopped."""
+        raise NotImplementedError
+
+    def remove_instance(self, deployment_id: int, name: str) -> None:
+        """Stop and delete; no error if already gone."""
+        raise NotImplementedError
+
+    def list_instances(self, deployment_id: int) -> list[ObservedInstance]:
+        """Every runtime object labelled for this deployment on this target."""
+        raise NotImplementedError
+
+    # Work and observation ---------------------------------------------------
+    def run_job(self, spec: InstanceSpec, *, timeout_s: float) -> JobResult:
+        raise NotImplementedError
+
+    def logs(self, deployment_id: int, name: str, *, tail: int = 100,
+             follow: bool = False) -> Iterator[str]:
+        raise NotImplementedError
+
+    def usage(self, deployment_id: int, name: str) -> Usage | None:
+        return None
+
+    def probe(self, observed: ObservedInstance, health: HealthCheck | None) -> Probe:
+        """Default: HTTP GET health and readiness paths on the instance address."""
+        return http_probe(observed.address, health)
+
+    # Drivers that manage replicas themselves -------------------------------
+    def apply_deployment(self, spec: DeploymentSpec) -> None:
+        """Server-side apply the whole deployment (features.manages_replicas)."""
+        raise NotImplementedError
+
+    def delete_deployment(self, deployment_id: int) -> None:
+        raise NotImplementedError
+
+    def allocate_ports(self) -> bool:
+        """Whether Hangar must pick a port per replica (host networking)."""
+        return True
+
+
+def http_probe(address: str, health: HealthCheck | None) -> Probe:
+    import json
+    import urllib.error
+    import urllib.request
+
+    if not address or health is None:
+        return Probe(live=True, ready=True, reason="no HTTP health check")
+
+    def get(path: str) -> tuple[int, bytes]:
+        try:
+            with urllib.request.urlopen(f"http://{address}{path}",
+                                        timeout=health.timeout_s) as response:
+                return response.status, response.read(4096)
+        except urllib.error.HTTPError as exc:
+            return exc.code, b""
+        except (OSError, ValueError) as exc:
+            return 0, str(exc).encode()[:200]
+
+    status, body = get(health.path)
+    if status != 200:
+        detail = f"HTTP {status}" if status else body.decode(errors="replace")
+        return Probe(live=False, ready=False, reason=f"liveness {health.path}: {detail}")
+    inflight = None
+    try:
+        inflight = float(json.loads(body or b"{}").get("inflight"))
+    except (ValueError, TypeError, AttributeError):
+        inflight = None
+    ready_status, _ = get(health.ready_path)
+    if ready_status != 200:
+        return Probe(live=True, ready=False, inflight=inflight,
+                     reason=f"failed readiness: {ready_status or 'no answer'}")
+    return Probe(live=True, ready=True, inflight=inflight)
+
+
 class Features:
     """Capability flags a driver declares (like Django's DatabaseFeatures)."""
 
@@ -120,6 +340,7 @@ class Features:
     supports_jobs = False
     supports_health_probe = False
     pushes_instances = True  # False for edge: devices pull desired state
+    manages_replicas = False  # True: apply_deployment() instead of per-instance ensure
 
 
 def get_driver(target):
