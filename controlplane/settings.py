@@ -203,6 +203,28 @@ CELERY_TASK_ALWAYS_EAGER = env_bool("HANGAR_TASKS_EAGER", False)
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TIMEZONE = "UTC"
 
+# Reconciler and runtimes.
+HANGAR_SWEEP_SECONDS = env_int("HANGAR_SWEEP_SECONDS", 5, minimum=1)
+HANGAR_PROGRESS_DEADLINE_S = env_int("HANGAR_PROGRESS_DEADLINE_S", 60, minimum=1)
+HANGAR_RESTART_POLICY = {
+    "attempts": env_int("HANGAR_RESTART_ATTEMPTS", 3, minimum=0),
+    "interval_s": env_int("HANGAR_RESTART_INTERVAL_S", 300, minimum=1),
+    "delay_s": env_int("HANGAR_RESTART_DELAY_S", 1, minimum=0),
+    "max_delay_s": env_int("HANGAR_RESTART_MAX_DELAY_S", 30, minimum=0),
+}
+HANGAR_PORT_RANGE = (env_int("HANGAR_PORT_MIN", 20000, minimum=1024),
+                     env_int("HANGAR_PORT_MAX", 29999, minimum=1025))
+if HANGAR_PORT_RANGE[0] >= HANGAR_PORT_RANGE[1]:
+    raise ConfigError("HANGAR_PORT_MIN must be below HANGAR_PORT_MAX")
+HANGAR_AUTOSCALE_DOWN_WINDOW_S = env_int("HANGAR_AUTOSCALE_DOWN_WINDOW_S", 60, minimum=0)
+HANGAR_OTLP_ENDPOINT = env_str("HANGAR_OTLP_ENDPOINT", "http://127.0.0.1:8000")
+
+CELERY_BEAT_SCHEDULE = {
+    "sweep": {"task": "deployments.tasks.sweep", "schedule": float(HANGAR_SWEEP_SECONDS)},
+    "probe-targets": {"task": "deployments.tasks.probe_targets", "schedule": 30.0},
+    "collect-orphans": {"task": "deployments.tasks.collect_orphans", "schedule": 60.0},
+}
+
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,

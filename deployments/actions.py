@@ -294,7 +294,8 @@ def create_deployment(agent: Agent, *, version: AgentVersion, target: Target, ac
         raise Invalid({"version": ["This version belongs to another agent."]})
     if target.team_id != agent.team_id:
         raise NotFound("Target not found.")
-    deployment = Deployment(agent=agent, version=version, target=target, **fields)
+    deployment = Deployment(agent=agent, version=version, target=target,
+                            ingest_token=pysecrets.token_urlsafe(32), **fields)
     _check_policy(deployment)
     deployment.health = Health.SUSPENDED if deployment.state != DeploymentState.ACTIVE \
         else Health.PROGRESSING
@@ -343,11 +344,55 @@ def scale_deployment(deployment: Deployment, *, replicas: int, actor: Actor) -> 
 
 @transaction.atomic
 def delete_deployment(deployment: Deployment, *, actor: Actor) -> None:
+    """Delete the row; its runtime objects are removed after commit (and any a
+    crash leaves behind are collected as orphans by the beat sweep)."""
+    from .reconciler import eligible_targets
+    from .tasks import teardown
+
+    target_ids = [t.pk for t in eligible_targets(deployment)]
+    deployment_id = deployment.pk
     audit.record(actor, "deployment.delete", deployment, before=audit.snapshot(deployment))
     try:
         deployment.delete()
     except ProtectedError as exc:
         raise Conflict(str(exc)) from None
+    transaction.on_commit(lambda: teardown.delay(deployment_id, target_ids))
+
+
+@transaction.atomic
+def restart_deployment(deployment: Deployment, *, actor: Actor) -> Deployment:
+    """Replace every instance (rolling), like `kubectl rollout restart`."""
+    deployment = Deployment.objects.select_for_update().get(pk=deployment.pk)
+    before = audit.snapshot(deployment)
+    Deployment.objects.filter(pk=deployment.pk).update(generation=F("generation") + 1)
+    from .models import Instance
+
+    Instance.objects.filter(deployment=deployment).update(version=None)
+    deployment.refresh_from_db()
+    audit.record(actor, "deployment.restart", deployment, before=before,
+                 after=audit.snapshot(deployment))
+    schedule_reconcile(deployment.pk)
+    return deployment
+
+
+@transaction.atomic
+def rollback_deployment(deployment: Deployment, *, actor: Actor,
+                        version: AgentVersion | None = None) -> Deployment:
+    """Go back to ``version``, or to the version deployed before the current one."""
+    if version is None:
+        from .models import AuditEvent
+
+        previous = None
+        for event in AuditEvent.objects.filter(object_type="deployment",
+                                               object_id=str(deployment.pk)).order_by("-id"):
+            before = (event.before or {}).get("version_id")
+            if before and before != deployment.version_id:
+                previous = before
+                break
+        version = AgentVersion.objects.filter(pk=previous, agent=deployment.agent).first()
+        if version is None:
+            raise Conflict("There is no earlier version to roll back to.")
+    return update_deployment(deployment, version=version, actor=actor)
 
 
 # Secrets ------------------------------------------------------------------------

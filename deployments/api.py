@@ -34,6 +34,7 @@ from .schemas import (
     DeploymentIn,
     DeploymentOut,
     DeploymentPatch,
+    EventOut,
     Id,
     InstanceOut,
     KindName,
@@ -41,6 +42,7 @@ from .schemas import (
     MemberOut,
     MemberPatch,
     PatternName,
+    RollbackIn,
     SecretIn,
     SecretOut,
     SecretPatch,
@@ -373,11 +375,63 @@ def delete_deployment(request, deployment_id: Id):
     return Status(204, None)
 
 
+@router.post("/deployments/{deployment_id}/restart", response=DeploymentOut,
+             tags=["deployments"])
+def restart_deployment(request, deployment_id: Id):
+    """Replace every instance with a fresh one, rolling."""
+    actor = actor_of(request)
+    deployment = access.get_for(actor, DEPLOYMENTS.all(), Role.OPERATOR, pk=deployment_id)
+    actions.restart_deployment(deployment, actor=actor)
+    return DEPLOYMENTS.get(pk=deployment.pk)
+
+
+@router.post("/deployments/{deployment_id}/rollback", response=DeploymentOut,
+             tags=["deployments"])
+def rollback_deployment(request, deployment_id: Id, payload: RollbackIn):
+    """Deploy the previous version again (or the version given)."""
+    actor = actor_of(request)
+    deployment = access.get_for(actor, DEPLOYMENTS.all(), Role.OPERATOR, pk=deployment_id)
+    version = None
+    if payload.version_id is not None:
+        version = deployment.agent.versions.filter(pk=payload.version_id).first()
+        if version is None:
+            from .errors import Invalid
+
+            raise Invalid({"version_id": ["No such version of this agent."]})
+    actions.rollback_deployment(deployment, version=version, actor=actor)
+    return DEPLOYMENTS.get(pk=deployment.pk)
+
+
 @router.get("/deployments/{deployment_id}/instances", response=list[InstanceOut],
             tags=["deployments"])
 def list_instances(request, deployment_id: Id):
     deployment = access.get_for(actor_of(request), Deployment.objects.all(), pk=deployment_id)
     return Instance.objects.filter(deployment=deployment)
+
+
+@router.get("/deployments/{deployment_id}/events", response=list[EventOut],
+            tags=["deployments"])
+@paginate(Page)
+def list_events(request, deployment_id: Id):
+    """The deployment's timeline, newest first."""
+    deployment = access.get_for(actor_of(request), Deployment.objects.all(), pk=deployment_id)
+    return deployment.events.all()
+
+
+@router.get("/deployments/{deployment_id}/instances/{name}/logs", tags=["deployments"])
+def instance_logs(request, deployment_id: Id, name: str, tail: int = 200, follow: bool = False):
+    """An instance's output: the last `tail` lines, or a Server-Sent Events stream
+    of new lines with `follow=true`."""
+    from .logs import log_response
+
+    deployment = access.get_for(actor_of(request), Deployment.objects.all(), pk=deployment_id)
+    instance = Instance.objects.filter(deployment=deployment, name=name).select_related(
+        "target").first()
+    if instance is None:
+        from .errors import NotFound
+
+        raise NotFound("Instance not found.")
+    return log_response(instance, tail=tail, follow=follow)
 
 
 # Secrets ------------------------------------------------------------------------

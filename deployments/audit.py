@@ -31,7 +31,7 @@ class Actor:
     @property
     def label(self) -> str:
         if self.user is None:
-            return "system"
+            return self.source
         name = self.user.get_username()
         if self.token is not None:
             return f"{name} (token {self.token.prefix})"

@@ -247,10 +247,18 @@ class Deployment(models.Model):
     rollout_strategy = models.CharField(
         max_length=16, choices=RolloutStrategy.choices, default=RolloutStrategy.ROLLING
     )
+    placement = models.JSONField(
+        default=dict, blank=True,
+        help_text="label selector: also place replicas on the team's targets of the same "
+                  "kind whose labels match (spread, then least loaded)",
+    )
     generation = models.PositiveBigIntegerField(default=1)
     observed_generation = models.PositiveBigIntegerField(default=0)
     health = models.CharField(max_length=16, choices=Health.choices, default=Health.UNKNOWN)
     health_reason = models.CharField(max_length=500, blank=True, default="not reconciled yet")
+    ingest_token = EncryptedTextField(blank=True, default="", editable=False)
+    autoscale_state = models.JSONField(default=dict, blank=True, editable=False)
+    reconciled_at = models.DateTimeField(null=True, blank=True, editable=False)
     created_at = models.DateTimeField(default=timezone.now)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -303,6 +311,9 @@ class Instance(models.Model):
     """Observed unit of a deployment: a container, pod, process or device."""
 
     deployment = models.ForeignKey(Deployment, on_delete=models.CASCADE, related_name="instances")
+    target = models.ForeignKey(
+        Target, null=True, blank=True, on_delete=models.SET_NULL, related_name="instances"
+    )
     name = models.CharField(max_length=100)
     version = models.ForeignKey(
         AgentVersion, null=True, on_delete=models.SET_NULL, related_name="+"
@@ -316,8 +327,18 @@ class Instance(models.Model):
     )
     health = models.CharField(max_length=16, choices=Health.choices, default=Health.UNKNOWN)
     health_reason = models.CharField(max_length=500, blank=True)
+    port = models.PositiveIntegerField(null=True, blank=True)
     restarts = models.PositiveIntegerField(default=0)
+    # Restart budget (Nomad-like): attempts within the current interval, then failed.
+    restart_attempts = models.PositiveIntegerField(default=0)
+    interval_started_at = models.DateTimeField(null=True, blank=True)
+    next_restart_at = models.DateTimeField(null=True, blank=True)
+    exit_code = models.IntegerField(null=True, blank=True)
+    cpu_percent = models.FloatField(null=True, blank=True)
+    memory_bytes = models.BigIntegerField(null=True, blank=True)
+    inflight = models.FloatField(null=True, blank=True)
     started_at = models.DateTimeField(null=True, blank=True)
+    ready_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(default=timezone.now)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -325,12 +346,38 @@ class Instance(models.Model):
         constraints = [
             models.UniqueConstraint(
                 fields=["deployment", "name"], name="instance_deployment_name_unique"
-            )
+            ),
+            models.UniqueConstraint(
+                fields=["port"], condition=models.Q(port__isnull=False),
+                name="instance_port_unique",
+            ),
         ]
         ordering = ["deployment", "name"]
 
     def __str__(self) -> str:
         return self.name
+
+
+class DeploymentEvent(models.Model):
+    """The deployment's timeline: what the reconciler did and saw, and why."""
+
+    class Type(models.TextChoices):
+        NORMAL = "Normal"
+        WARNING = "Warning"
+
+    deployment = models.ForeignKey(Deployment, on_delete=models.CASCADE, related_name="events")
+    at = models.DateTimeField(default=timezone.now, db_index=True)
+    type = models.CharField(max_length=8, choices=Type.choices, default=Type.NORMAL)
+    reason = models.CharField(max_length=32)
+    message = models.CharField(max_length=1000)
+    instance = models.CharField(max_length=100, blank=True)
+
+    class Meta:
+        ordering = ["-at", "-id"]
+        indexes = [models.Index(fields=["deployment", "-at"])]
+
+    def __str__(self) -> str:
+        return f"{self.at:%H:%M:%S} {self.reason}: {self.message}"
 
 
 class Secret(models.Model):

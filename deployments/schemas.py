@@ -265,3 +265,16 @@ class AuditOut(Schema):
     after: dict[str, Any] | None
     source: str
     source_ip: str | None
+
+
+class EventOut(Schema):
+    id: int
+    at: datetime
+    type: str
+    reason: str
+    message: str
+    instance: str
+
+
+class RollbackIn(Schema):
+    version_id: Id | None = Field(None, description="defaults to the previous version")

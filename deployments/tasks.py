@@ -1,11 +1,47 @@
-"""Celery tasks: thin, take ids, call domain functions."""
+"""Celery tasks: thin, take ids, JSON only, call domain functions."""
 from __future__ import annotations
 
 from celery import shared_task
+from django.conf import settings
+from django.db.models import Q
+
+from .models import Deployment, DeploymentState
 
 
 @shared_task(acks_late=True, ignore_result=True)
-def reconcile(deployment_id: int) -> None:
+def reconcile(deployment_id: int) -> str:
     from .reconciler import reconcile_deployment
 
-    reconcile_deployment(deployment_id)
+    return reconcile_deployment(deployment_id)
+
+
+@shared_task(ignore_result=True)
+def sweep() -> int:
+    """Beat: re-enqueue every deployment that has anything to keep (self-heal)."""
+    ids = list(Deployment.objects.filter(
+        Q(state__in=[DeploymentState.ACTIVE, DeploymentState.PAUSED])
+        | Q(instances__isnull=False)).distinct().values_list("pk", flat=True))
+    for deployment_id in ids:
+        reconcile.apply_async((deployment_id,), expires=settings.HANGAR_SWEEP_SECONDS * 2)
+    return len(ids)
+
+
+@shared_task(acks_late=True, ignore_result=True)
+def teardown(deployment_id: int, target_ids: list[int]) -> int:
+    from .reconciler import teardown as remove_everything
+
+    return remove_everything(deployment_id, target_ids)
+
+
+@shared_task(ignore_result=True)
+def probe_targets() -> None:
+    from .reconciler import probe_targets as probe
+
+    probe()
+
+
+@shared_task(ignore_result=True)
+def collect_orphans() -> dict:
+    from .reconciler import collect_orphans as collect
+
+    return collect()

@@ -121,6 +121,8 @@ LABEL_GENERATION = "hangar.generation"
 LABEL_TEAM = "hangar.team"
 LABEL_AGENT = "hangar.agent"
 LABEL_MANAGED = "hangar.managed"
+LABEL_VERSION = "hangar.version"
+LABEL_PORT = "hangar.port"
 
 
 @dataclass(frozen=True)
@@ -152,9 +154,10 @@ class InstanceSpec:
     memory_mb: int = 256
     port: int | None = None  # the port the agent listens on ($PORT); allocated per replica
     health: HealthCheck | None = None
+    version: str = ""  # the AgentVersion number; a different one means "replace me"
 
     def labels(self) -> dict[str, str]:
-        return {
+        labels = {
             LABEL_MANAGED: "true",
             LABEL_DEPLOYMENT: str(self.deployment_id),
             LABEL_INSTANCE: self.name,
@@ -162,6 +165,9 @@ class InstanceSpec:
             LABEL_TEAM: self.team,
             LABEL_AGENT: self.agent,
         }
+        if self.version:
+            labels[LABEL_VERSION] = self.version
+        return labels
 
 
 @dataclass(frozen=True)
@@ -211,6 +217,7 @@ class ObservedInstance:
     runtime_health: str = ""
     message: str = ""  # e.g. "OOMKilled", "ImagePullBackOff: ..."
     restarts: int = 0  # restarts done by the runtime itself (pods)
+    version: str = ""  # from the hangar.version label
 
 
 @dataclass

@@ -1,0 +1,285 @@
+"""Docker driver: one Target per Docker host, over the docker SDK.
+
+Containers are named ``hangar-<deployment>-<instance>`` and labelled; the
+driver finds them by label, never by memory. Restarts are decided by the
+reconciler (Nomad-like budget), so containers run with no restart policy.
+"""
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+
+import docker
+import requests
+from docker.errors import APIError, DockerException, ImageNotFound, NotFound
+from docker.tls import TLSConfig
+
+from .base import (
+    LABEL_DEPLOYMENT,
+    LABEL_GENERATION,
+    LABEL_INSTANCE,
+    LABEL_MANAGED,
+    LABEL_PORT,
+    LABEL_VERSION,
+    Features,
+    InstanceSpec,
+    JobResult,
+    ObservedInstance,
+    Runtime,
+    RuntimeFailure,
+    Usage,
+)
+
+STOP_TIMEOUT_S = 5
+
+
+class DockerFeatures(Features):
+    supports_log_follow = True
+    supports_resource_usage = True
+    supports_jobs = True
+    supports_health_probe = True
+
+
+def _parse_time(value: str | None) -> datetime | None:
+    if not value or value.startswith("0001-"):
+        return None
+    value = value.rstrip("Z")
+    if "." in value:
+        head, frac = value.split(".", 1)
+        value = f"{head}.{frac[:6]}"
+    return datetime.fromisoformat(value + "+00:00")
+
+
+class DockerRuntime(Runtime):
+    features = DockerFeatures()
+
+    def __init__(self, target):
+        super().__init__(target)
+        self._client: docker.DockerClient | None = None
+        self.url = self.connection.get("url", "unix:///var/run/docker.sock")
+        self.host_network = self.connection.get("network", "host") == "host"
+        self.bind_address = self.connection.get("bind_address", "127.0.0.1")
+
+    # Connection ---------------------------------------------------------------
+    @property
+    def client(self) -> docker.DockerClient:
+        if self._client is None:
+            try:
+                self._client = docker.DockerClient(
+                    base_url=self.url, timeout=30, tls=self._tls(),
+                    use_ssh_client=self.url.startswith("ssh://"),
+                )
+            except DockerException as exc:
+                raise RuntimeFailure(f"cannot reach Docker at {self.url}: {exc}") from None
+        return self._client
+
+    def _tls(self) -> TLSConfig | bool:
+        conn = self.connection
+        if not (conn.get("tls_cert") or conn.get("tls_ca")):
+            return False
+        folder = Path(tempfile.mkdtemp(prefix="hangar-tls-"))
+        paths = {}
+        for key in ("tls_ca", "tls_cert", "tls_key"):
+            if conn.get(key):
+                path = folder / key
+                path.write_text(conn[key])
+                path.chmod(0o600)
+                paths[key] = str(path)
+        cert = (paths["tls_cert"], paths["tls_key"]) if "tls_cert" in paths else None
+        return TLSConfig(client_cert=cert, ca_cert=paths.get("tls_ca"),
+                         verify=bool(paths.get("tls_ca")))
+
+    def _call(self, what: str, fn, *args, **kwargs):
+        """Run an SDK call; only RuntimeFailure leaves."""
+        try:
+            return fn(*args, **kwargs)
+        except ImageNotFound as exc:
+            raise RuntimeFailure(f"{what}: image not found: {exc.explanation}",
+                                 permanent=True) from None
+        except APIError as exc:
+            status = exc.status_code or 500
+            permanent = 400 <= status < 500 and status not in (404, 409, 429)
+            raise RuntimeFailure(f"{what}: {exc.explanation or exc}", permanent=permanent) \
+                from None
+        except (requests.RequestException, DockerException, OSError) as exc:
+            raise RuntimeFailure(f"{what}: Docker at {self.url} unreachable: {exc}") from None
+
+    def ping(self) -> None:
+        self._call("ping", self.client.ping)
+
+    # Instances ----------------------------------------------------------------
+    @staticmethod
+    def container_name(deployment_id: int, name: str) -> str:
+        return f"hangar-{deployment_id}-{name}"
+
+    def _find(self, deployment_id: int, name: str):
+        try:
+            return self.client.containers.get(self.container_name(deployment_id, name))
+        except NotFound:
+            return None
+        except (APIError, requests.RequestException, DockerException) as exc:
+            raise RuntimeFailure(f"inspect {name}: {exc}") from None
+
+    def ensure_instance(self, spec: InstanceSpec) -> ObservedInstance:
+        container = self._find(spec.deployment_id, spec.name)
+        if container is None:
+            container = self._create(spec)
+        if container.status != "running":
+            self._call(f"start {spec.name}", container.start)
+            self._call(f"inspect {spec.name}", container.reload)
+        return self._observe(container)
+
+    def _create(self, spec: InstanceSpec):
+        image = spec.image
+        self._call(f"image {image}", self.client.images.get, image)
+        env = dict(spec.env)
+        labels = spec.labels()
+        kwargs: dict = {}
+        if spec.port:
+            env["PORT"] = str(spec.port)
+            labels[LABEL_PORT] = str(spec.port)
+            if self.host_network:
+                env.setdefault("AGENT_BIND", self.bind_address)
+            else:
+                env.setdefault("AGENT_BIND", "0.0.0.0")
+                kwargs["ports"] = {f"{spec.port}/tcp": (self.bind_address, spec.port)}
+        if self.host_network:
+            kwargs["network_mode"] = "host"
+        return self._call(
+            f"create {spec.name}", self.client.containers.create, image,
+            command=list(spec.command) or None,
+            name=self.container_name(spec.deployment_id, spec.name),
+            labels=labels, environment=env, detach=True,
+            nano_cpus=int(spec.cpu * 1e9), mem_limit=f"{spec.memory_mb}m",
+            restart_policy={"Name": "no"}, **kwargs,
+        )
+
+    def remove_instance(self, deployment_id: int, name: str) -> None:
+        container = self._find(deployment_id, name)
+        if container is None:
+            return
+        try:
+            if container.status == "running":
+                container.stop(timeout=STOP_TIMEOUT_S)
+            container.remove(force=True)
+        except NotFound:
+            return
+        except (APIError, requests.RequestException, DockerException) as exc:
+            raise RuntimeFailure(f"remove {name}: {exc}") from None
+
+    def list_instances(self, deployment_id: int) -> list[ObservedInstance]:
+        containers = self._call(
+            "list containers", self.client.containers.list, all=True,
+            filters={"label": [f"{LABEL_DEPLOYMENT}={deployment_id}", f"{LABEL_MANAGED}=true"]},
+            ignore_removed=True,
+        )
+        return [self._observe(c) for c in containers if "hangar.job" not in c.labels]
+
+    def managed_deployment_ids(self) -> set[int]:
+        containers = self._call("list containers", self.client.containers.list, all=True,
+                                filters={"label": f"{LABEL_MANAGED}=true"}, ignore_removed=True)
+        return {int(c.labels[LABEL_DEPLOYMENT]) for c in containers
+                if c.labels.get(LABEL_DEPLOYMENT, "").isdigit()}
+
+    def _observe(self, container) -> ObservedInstance:
+        attrs = container.attrs
+        state = attrs.get("State", {})
+        labels = container.labels
+        status = state.get("Status", "")
+        health = (state.get("Health") or {}).get("Status", "")
+        exit_code = state.get("ExitCode")
+        phase = {"created": "pending", "running": "running", "restarting": "starting",
+                 "paused": "running", "exited": "exited", "dead": "failed",
+                 "removing": "exited"}.get(status, "lost")
+        message = ""
+        if state.get("OOMKilled"):
+            message = "OOMKilled"
+        elif state.get("Error"):
+            message = state["Error"]
+        elif phase == "exited":
+            message = f"exited with code {exit_code}"
+        port = int(labels[LABEL_PORT]) if labels.get(LABEL_PORT, "").isdigit() else None
+        return ObservedInstance(
+            name=labels.get(LABEL_INSTANCE, container.name),
+            runtime_id=container.id[:12],
+            generation=int(labels.get(LABEL_GENERATION, "0") or 0),
+            version=labels.get(LABEL_VERSION, ""),
+            phase=phase,
+            host=self.target.name,
+            address=f"{self.bind_address}:{port}" if port else "",
+            port=port,
+            exit_code=exit_code if phase in ("exited", "failed") else None,
+            started_at=_parse_time(state.get("StartedAt")),
+            finished_at=_parse_time(state.get("FinishedAt")),
+            runtime_health=health,
+            message=message,
+        )
+
+    # Work and observation -----------------------------------------------------
+    def run_job(self, spec: InstanceSpec, *, timeout_s: float) -> JobResult:
+        labels = {**spec.labels(), "hangar.job": "true"}
+        self._call(f"image {spec.image}", self.client.images.get, spec.image)
+        container = self._call(
+            "create job", self.client.containers.create, spec.image,
+            command=list(spec.command) or None, labels=labels, environment=dict(spec.env),
+            network_mode="host" if self.host_network else None, detach=True,
+            nano_cpus=int(spec.cpu * 1e9), mem_limit=f"{spec.memory_mb}m",
+            name=self.container_name(spec.deployment_id, spec.name),
+        )
+        timed_out = False
+        try:
+            self._call("start job", container.start)
+            try:
+                result = container.wait(timeout=timeout_s)
+                exit_code = int(result.get("StatusCode", -1))
+            except requests.exceptions.ConnectionError:
+                timed_out, exit_code = True, -1
+                container.kill()
+            container.reload()
+            logs = container.logs().decode(errors="replace")
+            state = container.attrs["State"]
+            return JobResult(exit_code=exit_code, logs=logs, timed_out=timed_out,
+                             started_at=_parse_time(state.get("StartedAt")),
+                             finished_at=_parse_time(state.get("FinishedAt")))
+        finally:
+            try:
+                container.remove(force=True)
+            except (APIError, requests.RequestException, DockerException):
+                pass
+
+    def logs(self, deployment_id: int, name: str, *, tail: int = 100,
+             follow: bool = False) -> Iterator[str]:
+        container = self._find(deployment_id, name)
+        if container is None:
+            raise RuntimeFailure(f"instance {name} not found on {self.target.name}",
+                                 permanent=True)
+        if not follow:
+            raw = self._call("logs", container.logs, tail=tail, timestamps=False)
+            yield from raw.decode(errors="replace").splitlines()
+            return
+        stream = self._call("logs", container.logs, tail=tail, stream=True, follow=True)
+        buffer = b""
+        try:
+            for chunk in stream:
+                buffer += chunk
+                while b"\n" in buffer:
+                    line, buffer = buffer.split(b"\n", 1)
+                    yield line.decode(errors="replace")
+        except (requests.RequestException, DockerException) as exc:
+            raise RuntimeFailure(f"logs: {exc}") from None
+
+    def usage(self, deployment_id: int, name: str) -> Usage | None:
+        container = self._find(deployment_id, name)
+        if container is None or container.status != "running":
+            return None
+        stats = self._call("stats", container.stats, stream=False)
+        cpu, pre = stats.get("cpu_stats", {}), stats.get("precpu_stats", {})
+        cpu_delta = cpu.get("cpu_usage", {}).get("total_usage", 0) - \
+            pre.get("cpu_usage", {}).get("total_usage", 0)
+        system_delta = cpu.get("system_cpu_usage", 0) - pre.get("system_cpu_usage", 0)
+        cores = cpu.get("online_cpus") or len(cpu.get("cpu_usage", {}).get("percpu_usage") or [1])
+        percent = (cpu_delta / system_delta) * cores * 100 if system_delta > 0 else 0.0
+        memory = stats.get("memory_stats", {}).get("usage", 0)
+        return Usage(cpu_percent=round(percent, 2), memory_bytes=int(memory))

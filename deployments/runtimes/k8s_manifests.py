@@ -1,0 +1,449 @@
+"""Kubernetes manifests for Hangar deployments, as plain dicts.
+
+Pure functions: a :class:`DeploymentSpec` (or, for one-off jobs, an
+:class:`InstanceSpec`) in, JSON-ready dicts out. No client, no I/O, so the
+output can be validated against the official schemas and shown to people.
+Manifests carry no namespace: the driver adds the one from the Target.
+
+Every object carries ``spec.template.labels()`` (made valid label values) so
+that the driver finds everything by labels, never by memory.
+"""
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import math
+import re
+from typing import Any
+
+from .base import (
+    LABEL_DEPLOYMENT,
+    LABEL_MANAGED,
+    Autoscale,
+    DeploymentSpec,
+    HealthCheck,
+    InstanceSpec,
+)
+
+Manifest = dict[str, Any]
+
+CONTAINER_NAME = "agent"
+PORT_NAME = "http"
+# Custom metrics the agents export (through a metrics adapter such as
+# prometheus-adapter) for the "inflight" and "lag" autoscaling signals.
+INFLIGHT_METRIC = "hangar_inflight_requests"
+LAG_METRIC = "hangar_stream_lag"
+# On the pod template: changes when the Secret or ConfigMap content changes,
+# so that new values roll the pods (Kubernetes does not restart them itself).
+ENV_CHECKSUM_ANNOTATION = "hangar.env-checksum"
+
+# CronJob names longer than 52 characters cannot be created (the Jobs they
+# spawn append 11); using the same limit for every object keeps one name.
+NAME_MAX = 52
+LABEL_VALUE_MAX = 63
+
+# Kinds the driver applies for a deployment, in apply order.
+DEPLOYMENT_KINDS = (
+    "Secret", "ConfigMap", "Deployment", "Service", "HorizontalPodAutoscaler", "CronJob",
+)
+
+_LABEL_VALUE_RE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
+
+
+def _digest(value: str, length: int = 8) -> str:
+    return hashlib.sha256(value.encode()).hexdigest()[:length]
+
+
+def object_name(value: str, *, limit: int = NAME_MAX) -> str:
+    """A name valid as an RFC 1035 label (the strictest Kubernetes rule, which
+    Services need): lowercase letters, digits and '-', starting with a letter,
+    ending with a letter or digit, at most ``limit`` characters. Names that
+    had to be shortened or changed get a hash suffix so they stay distinct."""
+    name = re.sub(r"[^a-z0-9-]+", "-", value.lower())
+    name = re.sub(r"-{2,}", "-", name).strip("-")
+    if not name[:1].isalpha():
+        name = f"h-{name}".rstrip("-")
+    if name == value and len(name) <= limit:
+        return name
+    suffix = _digest(value)
+    return f"{name[: limit - len(suffix) - 1].rstrip('-')}-{suffix}"
+
+
+def label_value(value: str) -> str:
+    """A valid label value: at most 63 characters of alphanumerics, '-', '_'
+    and '.', beginning and ending with an alphanumeric (or empty)."""
+    if _LABEL_VALUE_RE.match(value) and len(value) <= LABEL_VALUE_MAX:
+        return value
+    cleaned = re.sub(r"[^A-Za-z0-9._-]+", "-", value)
+    cleaned = re.sub(r"^[^A-Za-z0-9]+|[^A-Za-z0-9]+$", "", cleaned)
+    suffix = _digest(value)
+    cleaned = cleaned[: LABEL_VALUE_MAX - len(suffix) - 1]
+    cleaned = re.sub(r"[^A-Za-z0-9]+$", "", cleaned)
+    return f"{cleaned}-{suffix}" if cleaned else suffix
+
+
+def is_label_value(value: str) -> bool:
+    return len(value) <= LABEL_VALUE_MAX and bool(_LABEL_VALUE_RE.match(value))
+
+
+def labels(template: InstanceSpec) -> dict[str, str]:
+    return {key: label_value(value) for key, value in template.labels().items()}
+
+
+def selector_labels(template: InstanceSpec) -> dict[str, str]:
+    """What the Deployment and Service select on. A Deployment's selector is
+    immutable, so it must not include anything that changes (the generation)."""
+    own = labels(template)
+    return {LABEL_DEPLOYMENT: own[LABEL_DEPLOYMENT], LABEL_MANAGED: own[LABEL_MANAGED]}
+
+
+def deployment_selector(deployment_id: int) -> str:
+    """The label selector for every object of a deployment."""
+    return f"{LABEL_DEPLOYMENT}={label_value(str(deployment_id))},{LABEL_MANAGED}=true"
+
+
+def object_names(spec: DeploymentSpec) -> dict[str, str]:
+    """The name of each kind of object for this deployment."""
+    base = object_name(spec.name)
+    return {
+        "Secret": f"{base}-env",
+        "ConfigMap": f"{base}-config",
+        "Deployment": base,
+        "Service": base,
+        "HorizontalPodAutoscaler": base,
+        "CronJob": base,
+    }
+
+
+def millicores(cpu: float) -> str:
+    return f"{max(1, round(cpu * 1000))}m"
+
+
+def mebibytes(memory_mb: int) -> str:
+    return f"{max(1, int(memory_mb))}Mi"
+
+
+def quantity(value: float) -> str:
+    """A Kubernetes quantity for a metric target: whole numbers as they are,
+    fractions in thousandths ('2.5' -> '2500m')."""
+    if float(value).is_integer():
+        return str(int(value))
+    return f"{round(value * 1000)}m"
+
+
+def _metadata(name: str, object_labels: dict[str, str]) -> Manifest:
+    return {"name": name, "labels": dict(object_labels)}
+
+
+def _probe(path: str, health: HealthCheck, *, period: int, failures: int) -> Manifest:
+    return {
+        "httpGet": {"path": path, "port": PORT_NAME, "scheme": "HTTP"},
+        "periodSeconds": period,
+        "timeoutSeconds": max(1, math.ceil(health.timeout_s)),
+        "failureThreshold": failures,
+    }
+
+
+def container(
+    template: InstanceSpec,
+    *,
+    env: dict[str, str],
+    env_from: list[Manifest],
+    probes: bool = True,
+) -> Manifest:
+    """The agent's container.
+
+    ``template.command`` replaces the image's CMD and keeps its ENTRYPOINT, as
+    ``docker run image command…`` does, so it becomes the container's ``args``.
+    """
+    if not template.image:
+        raise ValueError("the Kubernetes runtime needs an image")
+    values = dict(env)
+    if template.port:
+        values["PORT"] = str(template.port)
+        # The reference agent binds to loopback unless told otherwise; in a pod
+        # the kubelet's probes and the Service reach it on the pod IP.
+        values.setdefault("AGENT_BIND", "0.0.0.0")
+    spec: Manifest = {
+        "name": CONTAINER_NAME,
+        "image": template.image,
+    }
+    if template.command:
+        spec["args"] = list(template.command)
+    if values:
+        spec["env"] = [{"name": key, "value": values[key]} for key in sorted(values)]
+    if env_from:
+        spec["envFrom"] = env_from
+    resources = {"cpu": millicores(template.cpu), "memory": mebibytes(template.memory_mb)}
+    spec["resources"] = {"requests": dict(resources), "limits": dict(resources)}
+    if template.port:
+        spec["ports"] = [
+            {"name": PORT_NAME, "containerPort": template.port, "protocol": "TCP"}
+        ]
+        health = template.health
+        if probes and health is not None:
+            # The startup probe gives a slow agent its progress deadline before
+            # the liveness probe may restart it.
+            period = 2
+            spec["startupProbe"] = _probe(
+                health.path, health, period=period,
+                failures=max(1, math.ceil(health.progress_deadline_s / period)),
+            )
+            spec["livenessProbe"] = _probe(health.path, health, period=10, failures=3)
+            spec["readinessProbe"] = _probe(health.ready_path, health, period=5, failures=2)
+    return spec
+
+
+def _env_from(secret_name: str | None, config_map_name: str | None) -> list[Manifest]:
+    sources: list[Manifest] = []
+    if config_map_name:
+        sources.append({"configMapRef": {"name": config_map_name}})
+    if secret_name:  # last, so that secret values win over config on a clash
+        sources.append({"secretRef": {"name": secret_name}})
+    return sources
+
+
+def _pod_spec(containers: list[Manifest], *, restart_policy: str) -> Manifest:
+    return {
+        "containers": containers,
+        "restartPolicy": restart_policy,
+        # Agents do not talk to the Kubernetes API, nor need a variable per Service.
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+    }
+
+
+def _env_checksum(spec: DeploymentSpec) -> str:
+    content = json.dumps([spec.secret_env, spec.config], sort_keys=True)
+    return hashlib.sha256(content.encode()).hexdigest()
+
+
+def secret(spec: DeploymentSpec) -> Manifest:
+    """The deployment's secret environment (v1 Secret, Opaque, base64 ``data``:
+    ``stringData`` does not remove deleted keys under server-side apply)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": _metadata(object_names(spec)["Secret"], labels(spec.template)),
+        "type": "Opaque",
+        "data": {
+            key: base64.b64encode(value.encode()).decode("ascii")
+            for key, value in sorted(spec.secret_env.items())
+        },
+    }
+
+
+def job_secret(template: InstanceSpec, *, name: str) -> Manifest:
+    """The environment of a one-off job, kept out of the Job's spec."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": _metadata(name, labels(template)),
+        "type": "Opaque",
+        "data": {
+            key: base64.b64encode(value.encode()).decode("ascii")
+            for key, value in sorted(template.env.items())
+        },
+    }
+
+
+def config_map(spec: DeploymentSpec) -> Manifest:
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": _metadata(object_names(spec)["ConfigMap"], labels(spec.template)),
+        "data": dict(sorted(spec.config.items())),
+    }
+
+
+def _deployment_containers(spec: DeploymentSpec, *, probes: bool) -> list[Manifest]:
+    names = object_names(spec)
+    env_from = _env_from(
+        names["Secret"] if spec.secret_env else None,
+        names["ConfigMap"] if spec.config else None,
+    )
+    return [container(spec.template, env=spec.template.env, env_from=env_from, probes=probes)]
+
+
+def _pod_template(spec: DeploymentSpec, *, probes: bool, restart_policy: str) -> Manifest:
+    metadata: Manifest = {"labels": labels(spec.template)}
+    if spec.secret_env or spec.config:
+        metadata["annotations"] = {ENV_CHECKSUM_ANNOTATION: _env_checksum(spec)}
+    return {
+        "metadata": metadata,
+        "spec": _pod_spec(
+            _deployment_containers(spec, probes=probes), restart_policy=restart_policy
+        ),
+    }
+
+
+def deployment(spec: DeploymentSpec) -> Manifest:
+    """apps/v1 Deployment. With autoscaling the replica count is left to the
+    HorizontalPodAutoscaler: applying it would undo every scaling decision."""
+    body: Manifest = {
+        "selector": {"matchLabels": selector_labels(spec.template)},
+        "template": _pod_template(spec, probes=True, restart_policy="Always"),
+    }
+    if spec.autoscale is None:
+        body = {"replicas": max(0, spec.replicas), **body}
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": _metadata(object_names(spec)["Deployment"], labels(spec.template)),
+        "spec": body,
+    }
+
+
+def service(spec: DeploymentSpec) -> Manifest:
+    """v1 Service (ClusterIP) on the template's port; only with a port."""
+    if not spec.template.port:
+        raise ValueError("a Service needs the template's port")
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _metadata(object_names(spec)["Service"], labels(spec.template)),
+        "spec": {
+            "type": "ClusterIP",
+            "selector": selector_labels(spec.template),
+            "ports": [{
+                "name": PORT_NAME,
+                "port": spec.template.port,
+                "targetPort": PORT_NAME,
+                "protocol": "TCP",
+            }],
+        },
+    }
+
+
+def _metric(autoscale: Autoscale) -> Manifest:
+    if autoscale.signal == "cpu":
+        return {
+            "type": "Resource",
+            "resource": {
+                "name": "cpu",
+                "target": {
+                    "type": "Utilization",
+                    "averageUtilization": max(1, round(autoscale.target)),
+                },
+            },
+        }
+    metric = {"inflight": INFLIGHT_METRIC, "lag": LAG_METRIC}.get(autoscale.signal)
+    if metric is None:
+        raise ValueError(f"unknown autoscaling signal {autoscale.signal!r}")
+    return {
+        "type": "Pods",
+        "pods": {
+            "metric": {"name": metric},
+            "target": {"type": "AverageValue", "averageValue": quantity(autoscale.target)},
+        },
+    }
+
+
+def horizontal_pod_autoscaler(spec: DeploymentSpec) -> Manifest:
+    """autoscaling/v2 HorizontalPodAutoscaler for ``spec.autoscale``. The
+    minimum is at least 1: scaling to zero needs an alpha feature gate."""
+    autoscale = spec.autoscale
+    if autoscale is None:
+        raise ValueError("no autoscaling in this spec")
+    low = max(1, autoscale.min_replicas)
+    names = object_names(spec)
+    return {
+        "apiVersion": "autoscaling/v2",
+        "kind": "HorizontalPodAutoscaler",
+        "metadata": _metadata(names["HorizontalPodAutoscaler"], labels(spec.template)),
+        "spec": {
+            "scaleTargetRef": {
+                "apiVersion": "apps/v1", "kind": "Deployment", "name": names["Deployment"],
+            },
+            "minReplicas": low,
+            "maxReplicas": max(low, autoscale.max_replicas),
+            "metrics": [_metric(autoscale)],
+        },
+    }
+
+
+def _job_spec(
+    pod_template: Manifest, *, timeout_s: float | None, retries: int
+) -> Manifest:
+    body: Manifest = {"backoffLimit": max(0, retries), "template": pod_template}
+    if timeout_s:
+        body["activeDeadlineSeconds"] = max(1, math.ceil(timeout_s))
+    return body
+
+
+def cron_job(spec: DeploymentSpec) -> Manifest:
+    """batch/v1 CronJob for a scheduled batch deployment."""
+    if not spec.schedule:
+        raise ValueError("a CronJob needs a schedule")
+    own = labels(spec.template)
+    body: Manifest = {
+        "schedule": spec.schedule,
+        "concurrencyPolicy": spec.concurrency_policy,
+        "jobTemplate": {
+            "metadata": {"labels": dict(own)},
+            "spec": _job_spec(
+                _pod_template(spec, probes=False, restart_policy="Never"),
+                timeout_s=spec.timeout_s, retries=spec.retries,
+            ),
+        },
+    }
+    if spec.timezone:
+        body["timeZone"] = spec.timezone
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "CronJob",
+        "metadata": _metadata(object_names(spec)["CronJob"], own),
+        "spec": body,
+    }
+
+
+def job(
+    template: InstanceSpec,
+    *,
+    name: str,
+    timeout_s: float | None,
+    retries: int = 0,
+    secret_name: str | None = None,
+    ttl_s: int = 3600,
+) -> Manifest:
+    """batch/v1 Job for one run. The environment comes from ``secret_name``
+    (see :func:`job_secret`) when given, else inline. ``ttl_s`` lets the
+    cluster clean up a Job whose runner died before deleting it."""
+    own = labels(template)
+    env = {} if secret_name else template.env
+    pod = {
+        "metadata": {"labels": dict(own)},
+        "spec": _pod_spec(
+            [container(template, env=env, env_from=_env_from(secret_name, None), probes=False)],
+            restart_policy="Never",
+        ),
+    }
+    body = _job_spec(pod, timeout_s=timeout_s, retries=retries)
+    body["ttlSecondsAfterFinished"] = ttl_s
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": _metadata(name, own),
+        "spec": body,
+    }
+
+
+def deployment_manifests(spec: DeploymentSpec) -> list[Manifest]:
+    """Every object the deployment needs, in apply order: Secret and ConfigMap
+    (when there are values) first, then a CronJob for a scheduled batch, or a
+    Deployment with a Service (with a port) and an HPA (with autoscaling)."""
+    manifests: list[Manifest] = []
+    if spec.secret_env:
+        manifests.append(secret(spec))
+    if spec.config:
+        manifests.append(config_map(spec))
+    if spec.schedule:
+        manifests.append(cron_job(spec))
+        return manifests
+    manifests.append(deployment(spec))
+    if spec.template.port:
+        manifests.append(service(spec))
+    if spec.autoscale is not None:
+        manifests.append(horizontal_pod_autoscaler(spec))
+    return manifests

@@ -1,0 +1,282 @@
+"""Local driver: supervised subprocesses on the control-plane machine.
+
+Each instance is a process group started in its own session, so it outlives
+the worker that started it. Its state (pid, process start time, port, labels)
+is a JSON file under the work directory; any later worker re-adopts it from
+there. A small shell wrapper records the exit code for the reconciler, which
+decides restarts with backoff like for every other driver.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+from django.conf import settings
+
+from .base import (
+    LABEL_GENERATION,
+    LABEL_INSTANCE,
+    LABEL_PORT,
+    LABEL_VERSION,
+    Features,
+    InstanceSpec,
+    JobResult,
+    ObservedInstance,
+    Runtime,
+    RuntimeFailure,
+    Usage,
+)
+
+# The wrapper runs the command and writes its exit status next to the state.
+WRAPPER = '"$@"; code=$?; echo "$code" > "$HANGAR_EXIT_FILE.tmp"; ' \
+          'mv "$HANGAR_EXIT_FILE.tmp" "$HANGAR_EXIT_FILE"; exit "$code"'
+INHERITED_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "PYTHONPATH", "VIRTUAL_ENV", "TMPDIR")
+
+
+class LocalFeatures(Features):
+    supports_log_follow = True
+    supports_resource_usage = True
+    supports_jobs = True
+    supports_health_probe = True
+
+
+def _proc_start_time(pid: int) -> str | None:
+    """Process start time in clock ticks since boot; guards against pid reuse."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat.rsplit(")", 1)[1].split()
+    if fields[0] == "Z":
+        try:
+            os.waitpid(pid, os.WNOHANG)  # reap it if it is our child
+        except ChildProcessError:
+            pass
+        return None
+    return fields[19]
+
+
+class LocalRuntime(Runtime):
+    features = LocalFeatures()
+
+    def __init__(self, target):
+        super().__init__(target)
+        workdir = self.connection.get("workdir") or Path(settings.DATA_DIR) / "local-runtime"
+        self.root = Path(workdir)
+
+    def ping(self) -> None:
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise RuntimeFailure(f"work directory {self.root}: {exc}", permanent=True) from None
+
+    def _dir(self, deployment_id: int, name: str) -> Path:
+        return self.root / f"deployment-{deployment_id}" / name
+
+    def _read(self, folder: Path) -> dict | None:
+        try:
+            return json.loads((folder / "state.json").read_text())
+        except (OSError, ValueError):
+            return None
+
+    def _alive(self, state: dict) -> bool:
+        return _proc_start_time(state["pid"]) == state.get("proc_start")
+
+    def _command(self, spec: InstanceSpec) -> list[str]:
+        command = list(spec.command)
+        if not command:
+            raise RuntimeFailure("the local runtime needs a command", permanent=True)
+        if command[0] in ("python", "python3"):
+            command[0] = sys.executable
+        return command
+
+    def _spawn(self, spec: InstanceSpec, folder: Path, previous: dict | None) -> dict:
+        folder.mkdir(parents=True, exist_ok=True)
+        exit_file = folder / "exit_code"
+        exit_file.unlink(missing_ok=True)
+        env = {k: os.environ[k] for k in INHERITED_ENV if k in os.environ}
+        env.update(spec.env)
+        env["HANGAR_EXIT_FILE"] = str(exit_file)
+        if spec.port:
+            env["PORT"] = str(spec.port)
+        command = self._command(spec)
+        log = (folder / "output.log").open("ab")
+        try:
+            process = subprocess.Popen(
+                ["/bin/sh", "-c", WRAPPER, "hangar-wrapper", *command], cwd=settings.BASE_DIR,
+                env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        except OSError as exc:
+            raise RuntimeFailure(f"cannot start {command[0]}: {exc}", permanent=True) from None
+        finally:
+            log.close()
+        labels = spec.labels()
+        if spec.port:
+            labels[LABEL_PORT] = str(spec.port)
+        state = {
+            "pid": process.pid,
+            "proc_start": _proc_start_time(process.pid),
+            "labels": labels,
+            "port": spec.port,
+            "command": command,
+            "started_at": datetime.now(UTC).isoformat(),
+            "starts": (previous or {}).get("starts", 0) + 1,
+        }
+        tmp = folder / "state.json.tmp"
+        tmp.write_text(json.dumps(state))
+        tmp.replace(folder / "state.json")
+        return state
+
+    def ensure_instance(self, spec: InstanceSpec) -> ObservedInstance:
+        folder = self._dir(spec.deployment_id, spec.name)
+        state = self._read(folder)
+        if state is None or not self._alive(state):
+            state = self._spawn(spec, folder, state)
+        return self._observe(folder, state)
+
+    def remove_instance(self, deployment_id: int, name: str) -> None:
+        folder = self._dir(deployment_id, name)
+        state = self._read(folder)
+        if state is not None and self._alive(state):
+            self._terminate(state["pid"])
+        shutil.rmtree(folder, ignore_errors=True)
+
+    @staticmethod
+    def _terminate(pid: int) -> None:
+        try:
+            os.killpg(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            if _proc_start_time(pid) is None:
+                return
+            time.sleep(0.1)
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+    def list_instances(self, deployment_id: int) -> list[ObservedInstance]:
+        base = self.root / f"deployment-{deployment_id}"
+        if not base.is_dir():
+            return []
+        observed = []
+        for folder in sorted(base.iterdir()):
+            state = self._read(folder)
+            if state is not None and not folder.name.startswith("job-"):
+                observed.append(self._observe(folder, state))
+        return observed
+
+    def managed_deployment_ids(self) -> set[int]:
+        if not self.root.is_dir():
+            return set()
+        return {int(p.name.split("-", 1)[1]) for p in self.root.glob("deployment-*")
+                if p.name.split("-", 1)[1].isdigit() and any(p.iterdir())}
+
+    def _observe(self, folder: Path, state: dict) -> ObservedInstance:
+        labels = state["labels"]
+        alive = self._alive(state)
+        exit_code = None
+        if not alive:
+            try:
+                exit_code = int((folder / "exit_code").read_text().strip())
+            except (OSError, ValueError):
+                exit_code = -9  # killed before the wrapper could record it
+        port = state.get("port")
+        return ObservedInstance(
+            name=labels[LABEL_INSTANCE],
+            runtime_id=f"pid:{state['pid']}",
+            generation=int(labels.get(LABEL_GENERATION, 0)),
+            version=labels.get(LABEL_VERSION, ""),
+            phase="running" if alive else "exited",
+            host=self.target.name,
+            address=f"127.0.0.1:{port}" if port else "",
+            port=port,
+            exit_code=exit_code,
+            started_at=datetime.fromisoformat(state["started_at"]),
+            message="" if alive else f"exited with code {exit_code}",
+        )
+
+    # Work and observation -----------------------------------------------------
+    def run_job(self, spec: InstanceSpec, *, timeout_s: float) -> JobResult:
+        folder = self._dir(spec.deployment_id, f"job-{spec.name}")
+        started = datetime.now(UTC)
+        state = self._spawn(spec, folder, None)
+        deadline = time.monotonic() + timeout_s
+        timed_out = False
+        while self._alive(state):
+            if time.monotonic() > deadline:
+                timed_out = True
+                self._terminate(state["pid"])
+                break
+            time.sleep(0.1)
+        observed = self._observe(folder, state)
+        logs = (folder / "output.log").read_text(errors="replace")
+        shutil.rmtree(folder, ignore_errors=True)
+        return JobResult(exit_code=-1 if timed_out else observed.exit_code or 0, logs=logs,
+                         started_at=started, finished_at=datetime.now(UTC), timed_out=timed_out)
+
+    def logs(self, deployment_id: int, name: str, *, tail: int = 100,
+             follow: bool = False) -> Iterator[str]:
+        path = self._dir(deployment_id, name) / "output.log"
+        if not path.exists():
+            raise RuntimeFailure(f"instance {name} has no logs here", permanent=True)
+        with path.open("rb") as fh:
+            lines = fh.read().decode(errors="replace").splitlines()
+            yield from lines[-tail:] if tail else lines
+            while follow:
+                line = fh.readline()
+                if line:
+                    yield line.decode(errors="replace").rstrip("\n")
+                else:
+                    time.sleep(0.2)
+
+    def usage(self, deployment_id: int, name: str) -> Usage | None:
+        state = self._read(self._dir(deployment_id, name))
+        if state is None or not self._alive(state):
+            return None
+        pid = state["pid"]
+
+        def ticks() -> int:
+            total = 0
+            for child in [pid, *_children(pid)]:
+                try:
+                    fields = Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()
+                    total += int(fields[11]) + int(fields[12])
+                except (OSError, IndexError, ValueError):
+                    pass
+            return total
+
+        first, started = ticks(), time.monotonic()
+        time.sleep(0.2)
+        used = (ticks() - first) / os.sysconf("SC_CLK_TCK")
+        memory = 0
+        for child in [pid, *_children(pid)]:
+            try:
+                memory += int(Path(f"/proc/{child}/statm").read_text().split()[1]) * \
+                    os.sysconf("SC_PAGE_SIZE")
+            except (OSError, IndexError, ValueError):
+                pass
+        return Usage(cpu_percent=round(used / (time.monotonic() - started) * 100, 2),
+                     memory_bytes=memory)
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        found = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        return []
+    result = [int(c) for c in found]
+    for child in list(result):
+        result.extend(_children(child))
+    return result

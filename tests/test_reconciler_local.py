@@ -1,0 +1,118 @@
+"""The reconciler with the local driver: real processes of the reference agent."""
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import pytest
+import requests
+
+from deployments import actions
+from deployments.audit import SYSTEM
+from deployments.models import Deployment, DeploymentEvent, Instance
+from deployments.reconciler import reconcile_deployment
+from deployments.runtimes import get_driver
+
+from .factories import AgentFactory, TargetFactory, VersionFactory
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def converge(deployment, health="Healthy", timeout=40, until=None, **expect):
+    deadline = time.monotonic() + timeout
+    while True:
+        reconcile_deployment(deployment.pk)
+        deployment.refresh_from_db()
+        rows = list(Instance.objects.filter(deployment=deployment))
+        if deployment.health == health and all(
+                getattr(deployment, k) == v for k, v in expect.items()) and (
+                until is None or until(rows)):
+            return rows
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{deployment.health}: {deployment.health_reason}; "
+                                 f"{[(r.name, r.phase, r.health, r.health_reason) for r in rows]}")
+        time.sleep(0.3)
+
+
+@pytest.fixture
+def local_deployment(tmp_path, settings):
+    settings.HANGAR_RESTART_POLICY = {"attempts": 2, "interval_s": 60, "delay_s": 0,
+                                      "max_delay_s": 1}
+    settings.HANGAR_PROGRESS_DEADLINE_S = 8
+    agent = AgentFactory(slug="ref")
+    version = VersionFactory(agent=agent, image="", command=["python",
+                                                             "agents/reference/agent.py"],
+                             port=8080, env={"AGENT_MODE": "realtime"})
+    target = TargetFactory(team=agent.team, kind="local",
+                           connection={"workdir": str(tmp_path / "runtime")})
+    deployment = Deployment.objects.create(agent=agent, version=version, target=target,
+                                           replicas=2)
+    yield deployment
+    Deployment.objects.filter(pk=deployment.pk).update(state="stopped")
+    for _ in range(3):
+        reconcile_deployment(deployment.pk)
+    driver = get_driver(target)
+    for item in driver.list_instances(deployment.pk):
+        driver.remove_instance(deployment.pk, item.name)
+
+
+def test_local_replicas_converge_scale_heal_and_readopt(local_deployment):
+    d = local_deployment
+    rows = converge(d)
+    assert len(rows) == 2 and d.observed_generation == d.generation
+    assert d.health_reason == "2 of 2 replicas healthy"
+    ports = {r.port for r in rows}
+    assert len(ports) == 2
+    for row in rows:
+        answer = requests.post(f"http://{row.address}/invoke", json={"input": "hi"}, timeout=5)
+        assert answer.status_code == 200 and answer.json()["instance"] == row.name
+
+    # Scale down: one process goes away.
+    actions.scale_deployment(d, replicas=1, actor=SYSTEM)
+    rows = converge(d, observed_generation=d.generation + 1)
+    assert len(rows) == 1
+    driver = get_driver(d.target)
+    assert [i.name for i in driver.list_instances(d.pk)] == [rows[0].name]
+
+    # Killed out of band: restarted, and the timeline says why.
+    pid = int(rows[0].runtime_id.split(":")[1])
+    os.killpg(pid, signal.SIGKILL)
+    time.sleep(0.5)
+    rows = converge(d)
+    assert rows[0].restarts == 1
+    reasons = list(DeploymentEvent.objects.filter(deployment=d).values_list("reason", "message"))
+    assert any(r == "Exited" and "exited with code" in m for r, m in reasons), reasons
+    assert any(r == "Restarted" for r, _ in reasons)
+
+    # The control plane forgets everything: the next pass re-adopts by labels.
+    name = rows[0].name
+    Instance.objects.filter(deployment=d).delete()
+    rows = converge(d)
+    assert [r.name for r in rows] == [name]
+    assert DeploymentEvent.objects.filter(deployment=d, reason="Adopted").exists()
+    assert len(driver.list_instances(d.pk)) == 1
+
+
+def test_crash_at_start_ends_degraded_with_bounded_restarts(local_deployment):
+    d = local_deployment
+    version = VersionFactory(agent=d.agent, command=["python", "agents/reference/agent.py"],
+                             port=8080, env={"AGENT_CRASH_AT_START": "1", "AGENT_EXIT_CODE": "3"})
+    Deployment.objects.filter(pk=d.pk).update(version=version, replicas=1)
+    rows = converge(d, health="Degraded", timeout=60,
+                    until=lambda rows: rows and rows[0].phase == "failed")
+    time.sleep(1)
+    rows = converge(d, health="Degraded")  # and it stays failed: no more restarts
+    assert rows[0].phase == "failed"
+    assert "exited with code 3" in d.health_reason and "giving up" in d.health_reason
+    assert rows[0].restarts == 2  # the budget, then no more
+
+
+def test_never_ready_ends_degraded(local_deployment):
+    d = local_deployment
+    version = VersionFactory(agent=d.agent, command=["python", "agents/reference/agent.py"],
+                             port=8080, env={"AGENT_FAIL_READINESS": "1"})
+    Deployment.objects.filter(pk=d.pk).update(version=version, replicas=1)
+    rows = converge(d, health="Degraded", timeout=60)
+    assert "failed readiness: 503" in d.health_reason
+    assert rows[0].restarts == 0
