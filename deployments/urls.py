@@ -13,4 +13,8 @@ urlpatterns = [
     path("deployments/<int:deployment_id>/", views.deployment_detail, name="deployment"),
     path("deployments/<int:deployment_id>/scale/", views.deployment_scale, name="deployment-scale"),
     path("deployments/<int:deployment_id>/state/", views.deployment_state, name="deployment-state"),
+    path("deployments/<int:deployment_id>/restart/", views.deployment_restart,
+         name="deployment-restart"),
+    path("deployments/<int:deployment_id>/instances/<str:name>/logs/", views.instance_logs,
+         name="instance-logs"),
 ]

@@ -225,10 +225,12 @@ def deployment_create(request: HttpRequest, agent_id: int) -> HttpResponse:
 
 
 def _deployment_context(actor: Actor, deployment: Deployment, **extra) -> dict:
-    instances = list(Instance.objects.filter(deployment=deployment).select_related("version"))
+    instances = list(Instance.objects.filter(deployment=deployment)
+                     .select_related("version", "target"))
     return {
         "deployment": deployment,
         "instances": instances,
+        "timeline": deployment.events.all()[:30],
         "ready": sum(1 for i in instances if i.health == "Healthy"),
         "can_write": access.has_role(actor, deployment.agent.team_id, Role.OPERATOR),
         "scale_form": extra.pop("scale_form", None)
@@ -274,6 +276,35 @@ def deployment_scale(request: HttpRequest, deployment_id: int) -> HttpResponse:
             return redirect("deployments:deployment", deployment_id=deployment.pk)
         return render(request, "deployments/deployment_detail.html", context, status=status)
     return render(request, "deployments/deployment_detail.html#status", context, status=status)
+
+
+@_scoped
+@require_GET
+def instance_logs(request: HttpRequest, deployment_id: int, name: str) -> HttpResponse:
+    """The last lines of an instance's output, as a partial for the logs panel."""
+    from .logs import log_response
+
+    deployment = access.get_for(_actor(request), DEPLOYMENT_QS, pk=deployment_id)
+    instance = Instance.objects.filter(deployment=deployment, name=name).select_related(
+        "target", "deployment__target").first()
+    if instance is None:
+        raise Http404("No such instance.")
+    try:
+        text = log_response(instance, tail=200, follow=False).content.decode()
+    except DomainError as exc:
+        text = f"[{exc.detail}]"
+    return render(request, "deployments/deployment_detail.html#logs",
+                  {"deployment": deployment, "instance": instance, "log_text": text})
+
+
+@_scoped
+@require_POST
+def deployment_restart(request: HttpRequest, deployment_id: int) -> HttpResponse:
+    actor = _actor(request)
+    deployment = access.get_for(actor, DEPLOYMENT_QS, Role.OPERATOR, pk=deployment_id)
+    actions.restart_deployment(deployment, actor=actor)
+    messages.success(request, "Restarting every instance, one by one.")
+    return _redirect(request, reverse("deployments:deployment", args=[deployment.pk]))
 
 
 @_scoped

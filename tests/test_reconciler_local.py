@@ -116,3 +116,36 @@ def test_never_ready_ends_degraded(local_deployment):
     rows = converge(d, health="Degraded", timeout=60)
     assert "failed readiness: 503" in d.health_reason
     assert rows[0].restarts == 0
+
+
+def test_logs_tail_and_follow_through_the_api_and_page(local_deployment):
+    from django.test import Client
+
+    from .factories import MembershipFactory, UserFactory
+
+    d = local_deployment
+    Deployment.objects.filter(pk=d.pk).update(replicas=1)
+    rows = converge(d)
+    requests.post(f"http://{rows[0].address}/invoke", json={"input": "log me"}, timeout=5)
+    viewer = UserFactory(username="logviewer")
+    MembershipFactory(team=d.agent.team, user=viewer, role="viewer")
+    client = Client()
+    client.force_login(viewer)
+    url = f"/api/v1/deployments/{d.pk}/instances/{rows[0].name}/logs"
+    tail = client.get(url + "?tail=50")
+    assert tail.status_code == 200 and "ready" in tail.content.decode()
+    assert client.get(url + "?tail=-1").status_code == 400
+    assert client.get(f"/api/v1/deployments/{d.pk}/instances/nope/logs").status_code == 404
+    follow = client.get(url + "?follow=true&tail=3")
+    assert follow["Content-Type"] == "text/event-stream"
+    chunks = iter(follow.streaming_content)
+    received = [next(chunks).decode() for _ in range(3)]
+    assert any(chunk.startswith("data: ") for chunk in received)
+    follow.close()
+    page = client.get(f"/deployments/{d.pk}/instances/{rows[0].name}/logs/",
+                      headers={"HX-Request": "true"})
+    assert 'id="logs"' in page.content.decode() and "ready" in page.content.decode()
+    outsider = UserFactory(username="logoutsider")
+    other = Client()
+    other.force_login(outsider)
+    assert other.get(url).status_code == 404

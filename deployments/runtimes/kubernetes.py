@@ -1,0 +1,581 @@
+"""The Kubernetes runtime: server-side apply of whole deployments.
+
+Kubernetes manages replicas itself (``features.manages_replicas``): the
+reconciler calls :meth:`KubernetesRuntime.apply_deployment` with the whole
+desired state, and reads pods back with :meth:`~KubernetesRuntime.list_instances`.
+Objects are built by :mod:`.k8s_manifests` and found again by their labels.
+
+Per-instance verbs: ``ensure_instance`` is refused (the Deployment creates
+pods); ``remove_instance`` deletes one pod, which its ReplicaSet replaces
+(the "kill one replica" button). Health comes from the kubelet's probes via
+the pod's Ready condition, so :meth:`~KubernetesRuntime.probe` needs no
+network path from the control plane to pod IPs.
+
+Only :class:`RuntimeFailure` leaves this module; responses are read as plain
+JSON (``_preload_content=False``), never as SDK model objects.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import Any
+
+import pydantic
+import urllib3
+import yaml
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException, OpenApiException
+from kubernetes.config.config_exception import ConfigException
+
+from . import k8s_manifests
+from .base import (
+    LABEL_DEPLOYMENT,
+    LABEL_GENERATION,
+    DeploymentSpec,
+    Features,
+    HealthCheck,
+    InstanceSpec,
+    JobResult,
+    KubernetesConnection,
+    ObservedInstance,
+    Probe,
+    Runtime,
+    RuntimeFailure,
+)
+from .k8s_manifests import CONTAINER_NAME, Manifest
+
+logger = logging.getLogger(__name__)
+
+FIELD_MANAGER = "hangar"
+APPLY_PATCH = "application/apply-patch+yaml"
+MESSAGE_MAX = 500
+# Exit code reported for a job stopped at its deadline (as timeout(1) does).
+TIMEOUT_EXIT_CODE = 124
+
+# kind -> (API class in kubernetes.client, method suffix after patch_/list_/delete_…)
+KINDS: dict[str, tuple[str, str]] = {
+    "Secret": ("CoreV1Api", "namespaced_secret"),
+    "ConfigMap": ("CoreV1Api", "namespaced_config_map"),
+    "Service": ("CoreV1Api", "namespaced_service"),
+    "Pod": ("CoreV1Api", "namespaced_pod"),
+    "Deployment": ("AppsV1Api", "namespaced_deployment"),
+    "HorizontalPodAutoscaler": ("AutoscalingV2Api", "namespaced_horizontal_pod_autoscaler"),
+    "CronJob": ("BatchV1Api", "namespaced_cron_job"),
+    "Job": ("BatchV1Api", "namespaced_job"),
+}
+# What delete_deployment removes, controllers first; pods go with their owners.
+DELETE_ORDER = (
+    "CronJob", "HorizontalPodAutoscaler", "Service", "Deployment", "Job", "ConfigMap", "Secret",
+)
+# 4xx answers that are worth retrying: timeouts, conflicts, rate limits.
+TRANSIENT_CLIENT_ERRORS = frozenset({408, 409, 425, 429})
+
+POD_PHASES = {"Running": "running", "Succeeded": "exited", "Failed": "failed", "Unknown": "lost"}
+CREATING_REASONS = frozenset({"ContainerCreating", "PodInitializing"})
+
+
+class KubernetesFeatures(Features):
+    manages_replicas = True
+    supports_jobs = True
+    supports_log_follow = True
+    supports_health_probe = True  # the kubelet probes; see KubernetesRuntime.probe
+    supports_resource_usage = False  # metrics.k8s.io is not read (yet)
+
+
+def _truncate(message: str, limit: int = MESSAGE_MAX) -> str:
+    return message if len(message) <= limit else message[: limit - 1] + "…"
+
+
+def _api_failure(exc: ApiException, action: str) -> RuntimeFailure:
+    status = int(exc.status or 0)
+    detail = str(exc.reason or "")
+    try:
+        detail = json.loads(exc.body or "").get("message") or detail
+    except (ValueError, TypeError, AttributeError):
+        pass
+    permanent = 400 <= status < 500 and status not in TRANSIENT_CLIENT_ERRORS
+    return RuntimeFailure(
+        _truncate(f"{action}: Kubernetes API answered {status}: {detail}"), permanent=permanent
+    )
+
+
+@contextmanager
+def _translated(action: str) -> Iterator[None]:
+    """Turn whatever the client raises into a RuntimeFailure."""
+    try:
+        yield
+    except ApiException as exc:
+        raise _api_failure(exc, action) from None
+    except (urllib3.exceptions.HTTPError, OSError) as exc:
+        raise RuntimeFailure(
+            _truncate(f"{action}: cannot reach the Kubernetes API: {exc}"), permanent=False
+        ) from None
+    except (OpenApiException, pydantic.ValidationError) as exc:
+        raise RuntimeFailure(
+            _truncate(f"{action}: invalid request: {exc}"), permanent=True
+        ) from None
+
+
+def _time(value: Any) -> datetime | None:
+    if not value or not isinstance(value, str):
+        return None
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def _int(value: Any, default: int = 0) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return default
+
+
+def _container_port(pod_spec: Manifest) -> int | None:
+    containers = pod_spec.get("containers") or []
+    ordered = sorted(containers, key=lambda c: c.get("name") != CONTAINER_NAME)
+    for item in ordered:
+        for port in item.get("ports") or []:
+            if port.get("containerPort"):
+                return int(port["containerPort"])
+    return None
+
+
+def _agent_status(statuses: list[Manifest]) -> Manifest:
+    for item in statuses:
+        if item.get("name") == CONTAINER_NAME:
+            return item
+    return statuses[0] if statuses else {}
+
+
+def _pod_phase(status: Manifest, statuses: list[Manifest]) -> str:
+    phase = status.get("phase") or "Pending"
+    if phase == "Pending":
+        creating = any(
+            ((s.get("state") or {}).get("waiting") or {}).get("reason") in CREATING_REASONS
+            for s in statuses
+        )
+        return "starting" if creating else "pending"
+    return POD_PHASES.get(phase, "lost")
+
+
+def _runtime_health(phase: str, ready: bool, statuses: list[Manifest]) -> str:
+    if ready:
+        return "healthy"
+    if phase != "running":
+        return ""
+    states = [s.get("state") or {} for s in statuses]
+    if any("running" not in state for state in states):
+        return "unhealthy"  # waiting (e.g. CrashLoopBackOff) or terminated
+    if any(s.get("started") is False for s in statuses):
+        return "starting"  # the startup probe has not passed yet
+    return "unhealthy"  # running, but failing readiness
+
+
+def _reason(reason: str, message: str) -> str:
+    return f"{reason}: {message}" if reason and message else reason or message
+
+
+def _pod_message(metadata: Manifest, status: Manifest, conditions: dict[str, Manifest]) -> str:
+    parts: list[str] = []
+    if metadata.get("deletionTimestamp"):
+        parts.append("Terminating")
+    if status.get("reason"):  # e.g. Evicted
+        parts.append(_reason(status["reason"], status.get("message") or ""))
+    scheduled = conditions.get("PodScheduled") or {}
+    if scheduled.get("status") == "False":
+        parts.append(_reason(scheduled.get("reason") or "", scheduled.get("message") or ""))
+    statuses = (status.get("initContainerStatuses") or []) + (
+        status.get("containerStatuses") or []
+    )
+    for item in statuses:
+        state = item.get("state") or {}
+        waiting = state.get("waiting") or {}
+        terminated = state.get("terminated") or {}
+        if waiting and waiting.get("reason") not in CREATING_REASONS:
+            text = _reason(waiting.get("reason") or "", waiting.get("message") or "")
+            last = (item.get("lastState") or {}).get("terminated") or {}
+            if last:
+                last_reason = last.get("reason") or "Error"
+                text += f" (last exit: {last_reason}, code {last.get('exitCode')})"
+            parts.append(text)
+        elif terminated and terminated.get("exitCode"):
+            parts.append(
+                f"{terminated.get('reason') or 'Error'} (exit code {terminated['exitCode']})"
+            )
+    return _truncate("; ".join(p for p in parts if p))
+
+
+def observe_pod(pod: Manifest) -> ObservedInstance:
+    """Map a pod (plain JSON, as the API returns it) to an ObservedInstance."""
+    metadata = pod.get("metadata") or {}
+    spec = pod.get("spec") or {}
+    status = pod.get("status") or {}
+    statuses = status.get("containerStatuses") or []
+    conditions = {c.get("type"): c for c in status.get("conditions") or []}
+    phase = _pod_phase(status, statuses)
+    ready = (conditions.get("Ready") or {}).get("status") == "True"
+    port = _container_port(spec)
+    pod_ip = status.get("podIP") or ""
+    host_part = f"[{pod_ip}]" if ":" in pod_ip else pod_ip
+    finished = phase in ("exited", "failed")
+    terminated = ((_agent_status(statuses).get("state") or {}).get("terminated") or {})
+    return ObservedInstance(
+        name=metadata.get("name") or "",
+        runtime_id=metadata.get("uid") or "",
+        generation=_int((metadata.get("labels") or {}).get(LABEL_GENERATION)),
+        phase=phase,
+        host=spec.get("nodeName") or "",
+        address=f"{host_part}:{port}" if pod_ip and port else "",
+        port=port,
+        exit_code=terminated.get("exitCode") if finished and terminated else None,
+        started_at=_time(status.get("startTime")),
+        finished_at=_time(terminated.get("finishedAt")) if finished else None,
+        runtime_health=_runtime_health(phase, ready, statuses),
+        message=_pod_message(metadata, status, conditions),
+        restarts=sum(_int(s.get("restartCount")) for s in statuses),
+    )
+
+
+def _job_outcome(job: Manifest) -> str | None:
+    """None while the Job runs, else "complete", "failed" or "deadline"."""
+    for condition in (job.get("status") or {}).get("conditions") or []:
+        if condition.get("status") != "True":
+            continue
+        if condition.get("type") == "Complete":
+            return "complete"
+        if condition.get("type") == "Failed":
+            return "deadline" if condition.get("reason") == "DeadlineExceeded" else "failed"
+    return None
+
+
+class KubernetesRuntime(Runtime):
+    """One Kubernetes namespace (the Target's), reached with a kubeconfig or a
+    host and bearer token."""
+
+    features = KubernetesFeatures()
+
+    # (connect, read) seconds for every call but a followed log stream.
+    request_timeout: tuple[float, float] = (5.0, 30.0)
+    # run_job: seconds between reads of the Job, extra wait beyond timeout_s
+    # for scheduling and image pulls, and how much of the log to keep.
+    poll_interval: float = 1.0
+    job_grace_s: float = 30.0
+    job_log_limit_bytes: int = 1024 * 1024
+
+    def __init__(self, target):
+        super().__init__(target)
+        try:
+            self.settings = KubernetesConnection.model_validate(self.connection or {})
+        except pydantic.ValidationError as exc:
+            fields = ", ".join(".".join(str(p) for p in e["loc"]) for e in exc.errors())
+            raise RuntimeFailure(
+                f"invalid Kubernetes connection settings: {fields}", permanent=True
+            ) from None
+        self.namespace = self.settings.namespace or "default"
+        self._client: client.ApiClient | None = None
+        self._client_lock = threading.Lock()
+
+    # Connection -------------------------------------------------------------
+    def _api_client(self) -> client.ApiClient:
+        with self._client_lock:
+            if self._client is None:
+                self._client = self._connect()
+            return self._client
+
+    def _connect(self) -> client.ApiClient:
+        settings = self.settings
+        if settings.kubeconfig:
+            try:
+                document = yaml.safe_load(settings.kubeconfig)
+            except yaml.YAMLError as exc:
+                # The YAML error quotes the offending line, which may hold a token.
+                mark = getattr(exc, "problem_mark", None)
+                where = f" (line {mark.line + 1})" if mark is not None else ""
+                raise RuntimeFailure(
+                    f"the kubeconfig is not valid YAML{where}", permanent=True
+                ) from None
+            if not isinstance(document, dict):
+                raise RuntimeFailure("the kubeconfig is not a YAML mapping", permanent=True)
+            try:
+                return config.new_client_from_config_dict(
+                    document, context=settings.context or None, persist_config=False
+                )
+            except (ConfigException, ValueError, KeyError, TypeError, OSError) as exc:
+                raise RuntimeFailure(
+                    _truncate(f"cannot use the kubeconfig: {type(exc).__name__}: {exc}"),
+                    permanent=True,
+                ) from None
+        if settings.host:
+            configuration = client.Configuration(host=settings.host.rstrip("/"))
+            configuration.verify_ssl = settings.verify_ssl
+            if settings.token:
+                configuration.api_key = {"authorization": settings.token}
+                configuration.api_key_prefix = {"authorization": "Bearer"}
+            return client.ApiClient(configuration)
+        raise RuntimeFailure("the connection needs a kubeconfig or a host", permanent=True)
+
+    def _call(
+        self, api: str, method: str, *args: Any, action: str, missing_ok: bool = False,
+        **kwargs: Any,
+    ) -> bytes | None:
+        """Call one client method and return the raw body, or None for a 404
+        when ``missing_ok``."""
+        function = getattr(getattr(client, api)(self._api_client()), method)
+        kwargs.setdefault("_request_timeout", self.request_timeout)
+        with _translated(action):
+            try:
+                response = function(*args, _preload_content=False, **kwargs)
+            except ApiException as exc:
+                if missing_ok and exc.status == 404:
+                    return None
+                raise
+            try:
+                return response.data
+            finally:
+                response.release_conn()
+
+    def _json(self, api: str, method: str, *args: Any, action: str, missing_ok: bool = False,
+              **kwargs: Any) -> Manifest | None:
+        raw = self._call(api, method, *args, action=action, missing_ok=missing_ok, **kwargs)
+        if raw is None:
+            return None
+        try:
+            return json.loads(raw) if raw else {}
+        except ValueError:
+            raise RuntimeFailure(f"{action}: the answer is not JSON", permanent=False) from None
+
+    # Generic object verbs ---------------------------------------------------
+    def _apply(self, manifest: Manifest) -> None:
+        kind, name = manifest["kind"], manifest["metadata"]["name"]
+        api, suffix = KINDS[kind]
+        body = {**manifest, "metadata": {**manifest["metadata"], "namespace": self.namespace}}
+        self._call(
+            api, f"patch_{suffix}", name, self.namespace, body,
+            field_manager=FIELD_MANAGER, force=True, _content_type=APPLY_PATCH,
+            action=f"apply {kind} {name}",
+        )
+
+    def _create(self, manifest: Manifest) -> None:
+        kind, name = manifest["kind"], manifest["metadata"]["name"]
+        api, suffix = KINDS[kind]
+        body = {**manifest, "metadata": {**manifest["metadata"], "namespace": self.namespace}}
+        self._call(api, f"create_{suffix}", self.namespace, body, action=f"create {kind} {name}")
+
+    def _delete(self, kind: str, name: str) -> bool:
+        """Delete one object with its dependents; False if it was not there."""
+        api, suffix = KINDS[kind]
+        found = self._json(
+            api, f"delete_{suffix}", name, self.namespace, propagation_policy="Background",
+            action=f"delete {kind} {name}", missing_ok=True,
+        )
+        return found is not None
+
+    def _list(self, kind: str, label_selector: str) -> list[Manifest]:
+        api, suffix = KINDS[kind]
+        found = self._json(
+            api, f"list_{suffix}", self.namespace, label_selector=label_selector,
+            action=f"list {kind} objects",
+        )
+        return list((found or {}).get("items") or [])
+
+    def _read_pod(self, name: str) -> Manifest | None:
+        return self._json(
+            "CoreV1Api", "read_namespaced_pod", name, self.namespace,
+            action=f"read Pod {name}", missing_ok=True,
+        )
+
+    @staticmethod
+    def _belongs(pod: Manifest, deployment_id: int) -> bool:
+        labels = (pod.get("metadata") or {}).get("labels") or {}
+        return labels.get(LABEL_DEPLOYMENT) == k8s_manifests.label_value(str(deployment_id))
+
+    # Lifecycle --------------------------------------------------------------
+    def ping(self) -> None:
+        """Reach the API, authenticate, and list pods in the namespace (what
+        the driver needs most); ``/version`` alone would not check access."""
+        self._json(
+            "CoreV1Api", "list_namespaced_pod", self.namespace, limit=1,
+            action=f"list pods in namespace {self.namespace}",
+        )
+
+    def allocate_ports(self) -> bool:
+        return False  # every pod has its own IP; the template's port serves
+
+    def ensure_instance(self, spec: InstanceSpec) -> ObservedInstance:
+        raise RuntimeFailure(
+            "Kubernetes pods are managed by the Deployment; use apply_deployment",
+            permanent=True,
+        )
+
+    def remove_instance(self, deployment_id: int, name: str) -> None:
+        """Delete one pod of the deployment; its ReplicaSet starts a new one."""
+        pod = self._read_pod(name)
+        if pod is None or not self._belongs(pod, deployment_id):
+            return
+        self._delete("Pod", name)
+
+    def list_instances(self, deployment_id: int) -> list[ObservedInstance]:
+        pods = self._list("Pod", k8s_manifests.deployment_selector(deployment_id))
+        return sorted((observe_pod(pod) for pod in pods), key=lambda o: o.name)
+
+    def apply_deployment(self, spec: DeploymentSpec) -> None:
+        """Server-side apply every object the spec needs, then delete those it
+        no longer needs (an HPA after autoscaling is switched off, a Service
+        without a port, a Deployment replaced by a CronJob, …)."""
+        try:
+            manifests = k8s_manifests.deployment_manifests(spec)
+        except ValueError as exc:
+            raise RuntimeFailure(str(exc), permanent=True) from None
+        for manifest in manifests:
+            self._apply(manifest)
+        wanted = {manifest["kind"] for manifest in manifests}
+        names = k8s_manifests.object_names(spec)
+        for kind in k8s_manifests.DEPLOYMENT_KINDS:
+            if kind not in wanted:
+                self._delete(kind, names[kind])
+
+    def delete_deployment(self, deployment_id: int) -> None:
+        selector = k8s_manifests.deployment_selector(deployment_id)
+        for kind in DELETE_ORDER:
+            for item in self._list(kind, selector):
+                self._delete(kind, item["metadata"]["name"])
+
+    # Work and observation ---------------------------------------------------
+    def run_job(self, spec: InstanceSpec, *, timeout_s: float) -> JobResult:
+        """Run ``spec`` once as a Job and wait for it. The environment goes in
+        a Secret of its own, not in the Job's spec; both are deleted after."""
+        base = k8s_manifests.object_name(spec.name, limit=56)
+        name = f"{base}-{secrets.token_hex(3)}"
+        secret_name = f"{name}-env" if spec.env else None
+        try:
+            manifest = k8s_manifests.job(
+                spec, name=name, timeout_s=timeout_s, secret_name=secret_name
+            )
+        except ValueError as exc:
+            raise RuntimeFailure(str(exc), permanent=True) from None
+        try:
+            if secret_name:
+                self._create(k8s_manifests.job_secret(spec, name=secret_name))
+            self._create(manifest)
+            return self._wait_for_job(name, timeout_s)
+        finally:
+            self._cleanup_job(name, secret_name)
+
+    def _cleanup_job(self, name: str, secret_name: str | None) -> None:
+        for kind, object_name in (("Job", name), ("Secret", secret_name)):
+            if object_name is None:
+                continue
+            try:
+                self._delete(kind, object_name)
+            except RuntimeFailure as failure:  # labelled: delete_deployment finds it later
+                logger.warning("could not delete %s %s: %s", kind, object_name, failure)
+
+    def _wait_for_job(self, name: str, timeout_s: float) -> JobResult:
+        deadline = time.monotonic() + timeout_s + self.job_grace_s
+        while True:
+            job = self._json(
+                "BatchV1Api", "read_namespaced_job", name, self.namespace,
+                action=f"read Job {name}",
+            ) or {}
+            outcome = _job_outcome(job)
+            if outcome is not None or time.monotonic() >= deadline:
+                break
+            time.sleep(self.poll_interval)
+
+        status = job.get("status") or {}
+        pod = self._job_pod(name)
+        observed = observe_pod(pod) if pod else None
+        logs = self._job_logs(pod) if pod else ""
+        timed_out = outcome in (None, "deadline")
+        exit_code = observed.exit_code if observed else None
+        if exit_code is None:
+            exit_code = 0 if outcome == "complete" else TIMEOUT_EXIT_CODE if timed_out else 1
+        if timed_out and observed and observed.message:
+            logs += f"\n[hangar] the job did not finish in time; pod: {observed.message}\n"
+        finished = _time(status.get("completionTime"))
+        if finished is None and outcome is not None:
+            finished = max(
+                (_time(c.get("lastTransitionTime")) for c in status.get("conditions") or []),
+                default=None, key=lambda t: t or datetime.min.replace(tzinfo=UTC),
+            )
+        return JobResult(
+            exit_code=exit_code,
+            logs=logs,
+            started_at=_time(status.get("startTime")),
+            finished_at=finished or (datetime.now(UTC) if timed_out else None),
+            timed_out=timed_out,
+        )
+
+    def _job_pod(self, name: str) -> Manifest | None:
+        """The Job's latest pod (the last attempt), if any."""
+        pods = self._list("Pod", f"job-name={name}")
+        if not pods:
+            return None
+        return max(pods, key=lambda p: (p.get("metadata") or {}).get("creationTimestamp") or "")
+
+    def _job_logs(self, pod: Manifest) -> str:
+        name = (pod.get("metadata") or {}).get("name") or ""
+        try:
+            raw = self._call(
+                "CoreV1Api", "read_namespaced_pod_log", name, self.namespace,
+                container=CONTAINER_NAME, limit_bytes=self.job_log_limit_bytes,
+                action=f"read the log of Pod {name}",
+            )
+        except RuntimeFailure as failure:  # e.g. the container never started
+            return f"[hangar] no log: {failure}\n"
+        return (raw or b"").decode("utf-8", errors="replace")
+
+    def logs(self, deployment_id: int, name: str, *, tail: int = 100,
+             follow: bool = False) -> Iterator[str]:
+        """Lines of the agent container's log; with ``follow``, until the
+        caller stops iterating or the container ends."""
+        pod = self._read_pod(name)
+        if pod is None or not self._belongs(pod, deployment_id):
+            raise RuntimeFailure(f"no pod {name} in this deployment", permanent=True)
+        return self._log_lines(name, tail=tail, follow=follow)
+
+    def _log_lines(self, name: str, *, tail: int, follow: bool) -> Iterator[str]:
+        action = f"read the log of Pod {name}"
+        api = client.CoreV1Api(self._api_client())
+        with _translated(action):
+            response = api.read_namespaced_pod_log(
+                name, self.namespace, container=CONTAINER_NAME, follow=follow,
+                tail_lines=max(0, tail), _preload_content=False,
+                _request_timeout=None if follow else self.request_timeout,
+            )
+        try:
+            pending = b""
+            with _translated(action):
+                for chunk in response.stream(8192, decode_content=True):
+                    pending += chunk
+                    *lines, pending = pending.split(b"\n")
+                    for line in lines:
+                        yield line.decode("utf-8", errors="replace")
+            if pending:
+                yield pending.decode("utf-8", errors="replace")
+        finally:
+            response.close()
+            response.release_conn()
+
+    def probe(self, observed: ObservedInstance, health: HealthCheck | None) -> Probe:
+        """The kubelet runs the HTTP probes (see k8s_manifests.container); its
+        verdict is the pod's Ready condition, which list_instances reads."""
+        if observed.runtime_health == "healthy":
+            return Probe(live=True, ready=True)
+        if observed.phase != "running":
+            return Probe(live=False, ready=False,
+                         reason=observed.message or f"pod is {observed.phase}")
+        if observed.runtime_health == "starting":
+            return Probe(live=True, ready=False, reason="starting: startup probe not passed yet")
+        if observed.message:  # e.g. CrashLoopBackOff: the container is not running
+            return Probe(live=False, ready=False, reason=observed.message)
+        return Probe(live=True, ready=False, reason="failed readiness (pod not Ready)")
