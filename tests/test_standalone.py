@@ -58,7 +58,7 @@ def wait_for(url: str, process, log: Path, timeout: float = 180) -> None:
     raise AssertionError("server never answered:\n" + log.read_text())
 
 
-def login_and_fetch(base: str, password: str) -> str:
+def login(base: str, password: str) -> requests.Session:
     session = requests.Session()
     session.get(f"{base}/login/", timeout=10)
     response = session.post(f"{base}/login/", timeout=10, data={
@@ -66,7 +66,32 @@ def login_and_fetch(base: str, password: str) -> str:
         "csrfmiddlewaretoken": session.cookies["csrftoken"]},
         headers={"Referer": f"{base}/login/"})
     assert response.url.rstrip("/") == base, "login did not land on the dashboard"
-    return response.text
+    session.dashboard = response.text
+    return session
+
+
+def login_and_fetch(base: str, password: str) -> str:
+    return login(base, password).dashboard
+
+
+def wait_healthy(session: requests.Session, base: str, timeout: float = 120) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        items = session.get(f"{base}/api/v1/deployments", timeout=10).json()["items"]
+        if items and items[0]["health"] == "Healthy":
+            return items[0]
+        assert time.monotonic() < deadline, items
+        time.sleep(1)
+
+
+def kill_local_agents(data_dir: Path) -> None:
+    import json
+
+    for state in data_dir.glob("local-runtime/*/*/state.json"):
+        try:
+            os.killpg(json.loads(state.read_text())["pid"], signal.SIGKILL)
+        except (ProcessLookupError, KeyError, ValueError):
+            pass
 
 
 def test_run_command_serves_the_demo_dashboard(tmp_path):
@@ -81,13 +106,20 @@ def test_run_command_serves_the_demo_dashboard(tmp_path):
         assert match, output
         password = match.group(1)
         assert f"Hangar is at {base}/" in output
-        html = login_and_fetch(base, password)
-        assert "Demo assistant" in html and "demo-assistant" in html
+        session = login(base, password)
+        assert "Demo assistant" in session.dashboard and "demo-assistant" in session.dashboard
         assert (data_dir / "hangar.sqlite3").exists()
-        deadline = time.monotonic() + 60
-        while "ready" not in (data_dir / "worker.log").read_text():
-            assert time.monotonic() < deadline, (data_dir / "worker.log").read_text()
-            time.sleep(0.5)
+        # The worker runs the demo agent on the local driver until it is healthy.
+        deployment = wait_healthy(session, base)
+        assert deployment["health_reason"] == "1 of 1 replicas healthy"
+        instance = session.get(f"{base}/api/v1/deployments/{deployment['id']}/instances",
+                               timeout=10).json()[0]
+        answer = requests.post(f"http://{instance['address']}/invoke", json={"input": "hi"},
+                               timeout=10)
+        assert answer.status_code == 200
+    except BaseException:
+        kill_local_agents(data_dir)
+        raise
     finally:
         stop(process)
 
@@ -96,7 +128,14 @@ def test_run_command_serves_the_demo_dashboard(tmp_path):
     try:
         wait_for(f"{base}/healthz", process, log)
         assert f"Log in as: admin / {password}" in log.read_text()
-        html = login_and_fetch(base, password)
-        assert html.count("demo-assistant</div>") == 1
+        session = login(base, password)
+        assert session.dashboard.count("demo-assistant</div>") == 1
+        # The agent process outlived the restart and was re-adopted, not duplicated.
+        deployment = wait_healthy(session, base)
+        instances = session.get(f"{base}/api/v1/deployments/{deployment['id']}/instances",
+                                timeout=10).json()
+        assert [i["name"] for i in instances] == [instance["name"]]
+        assert instances[0]["restarts"] == 0
     finally:
         stop(process)
+        kill_local_agents(data_dir)

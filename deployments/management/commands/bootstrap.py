@@ -55,18 +55,23 @@ class Command(BaseCommand):
         if team is None:
             team = actions.create_team(name="Demo", slug="demo", actor=actor)
         Membership.objects.get_or_create(team=team, user=user, defaults={"role": Role.ADMIN})
-        if not Target.objects.filter(team=team, name="this-machine").exists():
-            actions.create_target(team, actor=actor, name="this-machine", kind="local",
-                                  labels={"demo": "true"})
+        target = Target.objects.filter(team=team, name="this-machine").first()
+        if target is None:
+            target = actions.create_target(team, actor=actor, name="this-machine", kind="local",
+                                           labels={"demo": "true"})
         agent = Agent.objects.filter(team=team, slug="demo-assistant").first()
         if agent is None:
             agent = actions.create_agent(
                 team, actor=actor, slug="demo-assistant", name="Demo assistant",
                 pattern="realtime",
                 description="The reference agent answering over HTTP with an offline model.")
-        if not agent.versions.exists():
-            actions.create_version(
+        version = agent.versions.order_by("-number").first()
+        if version is None:
+            version = actions.create_version(
                 agent, actor=actor, image="hangar/reference-agent:latest",
                 command=["python", "agents/reference/agent.py"], port=8080,
                 env={"AGENT_MODE": "realtime", "AGENT_MODEL": "offline-echo"},
                 health={"path": "/healthz", "ready_path": "/readyz"})
+        if not agent.deployments.exists():
+            actions.create_deployment(agent, version=version, target=target, actor=actor,
+                                      environment="demo", replicas=1)
