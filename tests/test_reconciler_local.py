@@ -149,3 +149,42 @@ def test_logs_tail_and_follow_through_the_api_and_page(local_deployment):
     other = Client()
     other.force_login(outsider)
     assert other.get(url).status_code == 404
+
+
+def test_autoscaler_follows_in_flight_requests_with_a_stabilization_window(
+        local_deployment, settings):
+    import threading
+
+    from deployments.models import AuditEvent
+
+    settings.HANGAR_AUTOSCALE_DOWN_WINDOW_S = 12
+    d = local_deployment
+    version = VersionFactory(agent=d.agent, command=["python", "agents/reference/agent.py"],
+                             port=8080, env={"AGENT_TOKEN_DELAY_MS": "300"})
+    Deployment.objects.filter(pk=d.pk).update(
+        version=version, replicas=1, autoscale_min=1, autoscale_max=3,
+        autoscale_signal="inflight", autoscale_target=1)
+    rows = converge(d)
+    address = rows[0].address
+    words = " ".join(f"w{i}" for i in range(20))
+
+    def slow_request():
+        requests.post(f"http://{address}/invoke/stream", json={"input": words}, timeout=60)
+
+    load = [threading.Thread(target=slow_request) for _ in range(4)]
+    for thread in load:
+        thread.start()
+    time.sleep(0.5)
+    converge(d, until=lambda rows: len(rows) == 3, timeout=30)
+    assert d.replicas == 3  # ceil(1 × 4 in flight / target 1) = 4, capped at max 3
+    event = AuditEvent.objects.filter(action="deployment.scale", object_id=str(d.pk)).latest("id")
+    assert event.actor_label == "autoscaler" and event.after["replicas"] == 3
+    assert DeploymentEvent.objects.filter(deployment=d, reason="Autoscaled").exists()
+    for thread in load:
+        thread.join()
+    # Idle again: scales down to the minimum, but only after the window.
+    reconcile_deployment(d.pk)
+    d.refresh_from_db()
+    assert d.replicas == 3
+    rows = converge(d, until=lambda rows: len(rows) == 1, timeout=40)
+    assert d.replicas == 1
