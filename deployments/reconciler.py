@@ -681,13 +681,12 @@ class ManagedReconciler:
             env={k: v for k, v in instance_env(d, version, "$(POD_NAME)").items()},
             cpu=float(version.cpu), memory_mb=version.memory_mb, port=version.port,
             health=health_check(version), version=str(version.number))
-        secret_env = {}
-        if version.secret_refs:
-            secret_env = dict(Secret.objects.filter(team_id=d.agent.team_id,
-                                                    name__in=version.secret_refs)
-                              .values_list("name", "value"))
-            template = InstanceSpec(**{**template.__dict__, "env": {
-                k: v for k, v in template.env.items() if k not in secret_env}})
+        # Secret values (team secrets, the ingest token) go to a Secret object,
+        # never into the Deployment's pod template.
+        secret_names = set(version.secret_refs or ()) | {"OTEL_EXPORTER_OTLP_HEADERS"}
+        secret_env = {k: v for k, v in template.env.items() if k in secret_names}
+        template = InstanceSpec(**{**template.__dict__, "env": {
+            k: v for k, v in template.env.items() if k not in secret_env}})
         autoscale = None
         if d.autoscale_signal and d.autoscale_target:
             autoscale = Autoscale(min_replicas=d.autoscale_min or 1,

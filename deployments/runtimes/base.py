@@ -100,7 +100,20 @@ def validate_connection(kind: str, data: dict[str, Any] | None) -> dict[str, Any
             f"{'.'.join(str(p) for p in err['loc']) or 'connection'}: {err['msg']}"
             for err in exc.errors()
         ]}) from None
-    return parsed.model_dump(exclude_none=True)
+    data = parsed.model_dump(exclude_none=True)
+    if kind == "kubernetes" and data.get("kubeconfig"):
+        from .kubernetes import check_kubeconfig
+
+        try:
+            import yaml
+
+            document = yaml.safe_load(data["kubeconfig"])
+            if not isinstance(document, dict):
+                raise ValueError("not a kubeconfig document")
+            check_kubeconfig(document)
+        except (RuntimeFailure, ValueError, yaml.YAMLError) as exc:
+            raise Invalid({"connection": [f"kubeconfig: {exc}"]}) from None
+    return data
 
 
 def connection_public_view(kind: str, data: dict[str, Any]) -> dict[str, Any]:

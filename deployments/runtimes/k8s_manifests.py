@@ -171,8 +171,15 @@ def container(
     }
     if template.command:
         spec["args"] = list(template.command)
-    if values:
-        spec["env"] = [{"name": key, "value": values[key]} for key in sorted(values)]
+    # POD_NAME comes first: later values may refer to it as $(POD_NAME), which
+    # Kubernetes expands (the reconciler names instances that way).
+    env_list: list[Manifest] = []
+    if "POD_NAME" not in values:
+        env_list.append(
+            {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}
+        )
+    env_list += [{"name": key, "value": values[key]} for key in sorted(values)]
+    spec["env"] = env_list
     if env_from:
         spec["envFrom"] = env_from
     resources = {"cpu": millicores(template.cpu), "memory": mebibytes(template.memory_mb)}
@@ -366,9 +373,9 @@ def horizontal_pod_autoscaler(spec: DeploymentSpec) -> Manifest:
 def _job_spec(
     pod_template: Manifest, *, timeout_s: float | None, retries: int
 ) -> Manifest:
-    body: Manifest = {"backoffLimit": max(0, retries), "template": pod_template}
+    body: Manifest = {"backoffLimit": max(0, int(retries)), "template": pod_template}
     if timeout_s:
-        body["activeDeadlineSeconds"] = max(1, math.ceil(timeout_s))
+        body["activeDeadlineSeconds"] = max(1, math.ceil(float(timeout_s)))
     return body
 
 

@@ -21,7 +21,7 @@ import logging
 import secrets
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
@@ -37,6 +37,7 @@ from . import k8s_manifests
 from .base import (
     LABEL_DEPLOYMENT,
     LABEL_GENERATION,
+    LABEL_VERSION,
     DeploymentSpec,
     Features,
     HealthCheck,
@@ -228,10 +229,11 @@ def observe_pod(pod: Manifest) -> ObservedInstance:
     host_part = f"[{pod_ip}]" if ":" in pod_ip else pod_ip
     finished = phase in ("exited", "failed")
     terminated = ((_agent_status(statuses).get("state") or {}).get("terminated") or {})
+    labels = metadata.get("labels") or {}
     return ObservedInstance(
         name=metadata.get("name") or "",
         runtime_id=metadata.get("uid") or "",
-        generation=_int((metadata.get("labels") or {}).get(LABEL_GENERATION)),
+        generation=_int(labels.get(LABEL_GENERATION)),
         phase=phase,
         host=spec.get("nodeName") or "",
         address=f"{host_part}:{port}" if pod_ip and port else "",
@@ -242,19 +244,47 @@ def observe_pod(pod: Manifest) -> ObservedInstance:
         runtime_health=_runtime_health(phase, ready, statuses),
         message=_pod_message(metadata, status, conditions),
         restarts=sum(_int(s.get("restartCount")) for s in statuses),
+        version=labels.get(LABEL_VERSION) or "",
     )
 
 
-def _job_outcome(job: Manifest) -> str | None:
-    """None while the Job runs, else "complete", "failed" or "deadline"."""
+def _job_outcome(job: Manifest) -> tuple[str | None, Manifest]:
+    """(None, {}) while the Job runs, else ("complete" | "failed" | "deadline",
+    the condition that says so)."""
     for condition in (job.get("status") or {}).get("conditions") or []:
         if condition.get("status") != "True":
             continue
         if condition.get("type") == "Complete":
-            return "complete"
+            return "complete", condition
         if condition.get("type") == "Failed":
-            return "deadline" if condition.get("reason") == "DeadlineExceeded" else "failed"
-    return None
+            reason = "deadline" if condition.get("reason") == "DeadlineExceeded" else "failed"
+            return reason, condition
+    return None, {}
+
+
+# Kubeconfig entries that make the client run a program or read a file on the
+# control plane. A kubeconfig comes from a team admin: accepting these would
+# let them execute commands here or send a local file (say, the control
+# plane's own service-account token) to a server of their choosing.
+UNSAFE_USER_KEYS = ("exec", "auth-provider", "tokenFile", "client-certificate", "client-key")
+UNSAFE_CLUSTER_KEYS = ("certificate-authority",)
+
+
+def check_kubeconfig(document: Manifest) -> None:
+    """Refuse kubeconfigs that are not self-contained (see UNSAFE_*_KEYS)."""
+    for section, field, unsafe in (("users", "user", UNSAFE_USER_KEYS),
+                                   ("clusters", "cluster", UNSAFE_CLUSTER_KEYS)):
+        for entry in document.get(section) or []:
+            if not isinstance(entry, dict):
+                continue
+            settings = entry.get(field) or {}
+            found = [key for key in unsafe if isinstance(settings, dict) and settings.get(key)]
+            if found:
+                raise RuntimeFailure(
+                    f"kubeconfig {field} {entry.get('name')!r} uses {', '.join(found)}; "
+                    "only inline credentials (token, *-data) are accepted",
+                    permanent=True,
+                )
 
 
 class KubernetesRuntime(Runtime):
@@ -305,6 +335,7 @@ class KubernetesRuntime(Runtime):
                 ) from None
             if not isinstance(document, dict):
                 raise RuntimeFailure("the kubeconfig is not a YAML mapping", permanent=True)
+            check_kubeconfig(document)
             try:
                 return config.new_client_from_config_dict(
                     document, context=settings.context or None, persist_config=False
@@ -433,7 +464,7 @@ class KubernetesRuntime(Runtime):
         without a port, a Deployment replaced by a CronJob, …)."""
         try:
             manifests = k8s_manifests.deployment_manifests(spec)
-        except ValueError as exc:
+        except (ValueError, TypeError) as exc:
             raise RuntimeFailure(str(exc), permanent=True) from None
         for manifest in manifests:
             self._apply(manifest)
@@ -460,23 +491,26 @@ class KubernetesRuntime(Runtime):
             manifest = k8s_manifests.job(
                 spec, name=name, timeout_s=timeout_s, secret_name=secret_name
             )
-        except ValueError as exc:
+        except (ValueError, TypeError) as exc:
             raise RuntimeFailure(str(exc), permanent=True) from None
+        created: list[tuple[str, str]] = []
         try:
             if secret_name:
                 self._create(k8s_manifests.job_secret(spec, name=secret_name))
+                created.append(("Secret", secret_name))
             self._create(manifest)
+            created.append(("Job", name))
             return self._wait_for_job(name, timeout_s)
         finally:
-            self._cleanup_job(name, secret_name)
+            self._cleanup(reversed(created))
 
-    def _cleanup_job(self, name: str, secret_name: str | None) -> None:
-        for kind, object_name in (("Job", name), ("Secret", secret_name)):
-            if object_name is None:
-                continue
+    def _cleanup(self, objects: Iterable[tuple[str, str]]) -> None:
+        """Best-effort deletion; the objects are labelled, so delete_deployment
+        finds anything left behind."""
+        for kind, object_name in objects:
             try:
                 self._delete(kind, object_name)
-            except RuntimeFailure as failure:  # labelled: delete_deployment finds it later
+            except RuntimeFailure as failure:
                 logger.warning("could not delete %s %s: %s", kind, object_name, failure)
 
     def _wait_for_job(self, name: str, timeout_s: float) -> JobResult:
@@ -486,7 +520,7 @@ class KubernetesRuntime(Runtime):
                 "BatchV1Api", "read_namespaced_job", name, self.namespace,
                 action=f"read Job {name}",
             ) or {}
-            outcome = _job_outcome(job)
+            outcome, condition = _job_outcome(job)
             if outcome is not None or time.monotonic() >= deadline:
                 break
             time.sleep(self.poll_interval)
@@ -501,12 +535,8 @@ class KubernetesRuntime(Runtime):
             exit_code = 0 if outcome == "complete" else TIMEOUT_EXIT_CODE if timed_out else 1
         if timed_out and observed and observed.message:
             logs += f"\n[hangar] the job did not finish in time; pod: {observed.message}\n"
-        finished = _time(status.get("completionTime"))
-        if finished is None and outcome is not None:
-            finished = max(
-                (_time(c.get("lastTransitionTime")) for c in status.get("conditions") or []),
-                default=None, key=lambda t: t or datetime.min.replace(tzinfo=UTC),
-            )
+        finished = _time(status.get("completionTime")) or _time(
+            condition.get("lastTransitionTime"))
         return JobResult(
             exit_code=exit_code,
             logs=logs,
