@@ -208,10 +208,19 @@ def test_secret_values_never_come_back(world):
     assert "sk_live" not in audit_dump
 
 
+KUBECONFIG = """apiVersion: v1
+kind: Config
+clusters: [{name: c, cluster: {server: "https://127.0.0.1:6443"}}]
+users: [{name: u, user: {token: SECRET-KC}}]
+contexts: [{name: x, context: {cluster: c, user: u}}]
+current-context: x
+"""
+
+
 def test_target_credentials_are_write_only(world):
     c = world.client("admin")
     created = post(c, "/targets", {"team_id": world.team.pk, "name": "k8s", "kind": "kubernetes",
-                                   "connection": {"kubeconfig": "apiVersion: v1\nSECRET-KC",
+                                   "connection": {"kubeconfig": KUBECONFIG,
                                                   "namespace": "agents", "token": "TOKEN-XYZ"}})
     assert created.status_code == 201, created.content
     conn = created.json()["connection"]
@@ -228,6 +237,11 @@ def test_target_credentials_are_write_only(world):
                                "connection": {"url": "ftp://nope", "bogus": 1}})
     assert bad.status_code == 400
     assert "url" in json.dumps(bad.json()["detail"])
+    # A kubeconfig that would run a program on the control plane is refused.
+    evil = KUBECONFIG.replace("{token: SECRET-KC}", "{exec: {command: /bin/sh}}")
+    bad = post(c, "/targets", {"team_id": world.team.pk, "name": "k2", "kind": "kubernetes",
+                               "connection": {"kubeconfig": evil}})
+    assert bad.status_code == 400 and "exec" in json.dumps(bad.json())
 
 
 def test_token_is_shown_once_and_stored_hashed(world):
@@ -276,3 +290,19 @@ def test_openapi_docs_are_served(world):
         assert path in paths
     docs = Client().get(f"{API}/docs")
     assert docs.status_code == 200 and b"swagger" in docs.content.lower()
+
+
+def test_rollback_returns_to_the_previous_version_and_restart_replaces(world):
+    c = world.client("operator")
+    d = world.deployment
+    assert post(c, f"/deployments/{d.pk}/rollback", {}).status_code == 409  # nothing before
+    patch(c, f"/deployments/{d.pk}", {"version_id": world.spare_version.pk})
+    back = post(c, f"/deployments/{d.pk}/rollback", {})
+    assert back.status_code == 200 and back.json()["version_number"] == 1
+    generation = back.json()["generation"]
+    restarted = post(c, f"/deployments/{d.pk}/restart", {})
+    assert restarted.json()["generation"] == generation + 1
+    actions_logged = list(AuditEvent.objects.filter(object_type="deployment",
+                                                    object_id=str(d.pk))
+                          .order_by("id").values_list("action", flat=True))
+    assert actions_logged[-2:] == ["deployment.update", "deployment.restart"]

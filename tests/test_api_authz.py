@@ -46,6 +46,10 @@ ROUTES = [
      "operator", 200),
     ("delete-deployment", "DELETE", "/deployments/{deployment}", None, "operator", 204),
     ("list-instances", "GET", "/deployments/{deployment}/instances", None, "viewer", 200),
+    ("list-events", "GET", "/deployments/{deployment}/events", None, "viewer", 200),
+    ("restart-deployment", "POST", "/deployments/{deployment}/restart", None, "operator", 200),
+    ("rollback-deployment", "POST", "/deployments/{deployment}/rollback",
+     {"version_id": "{spare_version}"}, "operator", 200),
     ("create-secret", "POST", "/secrets", {"team_id": "{team}", "name": "DB_URL",
                                             "value": "postgres://u:p@h/db"}, "admin", 201),
     ("get-secret", "GET", "/secrets/{secret}", None, "viewer", 200),
@@ -62,6 +66,7 @@ LISTS = ["/teams", "/agents", "/targets", "/deployments", "/secrets", "/tokens"]
 
 def fill(template, world):
     ids = {"team": world.team.pk, "agent": world.agent.pk, "spare_agent": world.spare_agent.pk,
+           "spare_version": world.spare_version.pk,
            "target": world.target.pk, "spare_target": world.spare_target.pk,
            "deployment": world.deployment.pk, "secret": world.secret.pk,
            "token": world.token_row.pk, "member": world.member.pk}

@@ -188,3 +188,21 @@ def test_autoscaler_follows_in_flight_requests_with_a_stabilization_window(
     assert d.replicas == 3
     rows = converge(d, until=lambda rows: len(rows) == 1, timeout=40)
     assert d.replicas == 1
+
+
+def test_deleted_deployments_leave_no_processes(local_deployment):
+    from deployments.reconciler import collect_orphans, teardown
+
+    d = local_deployment
+    converge(d)
+    driver = get_driver(d.target)
+    pids = [int(i.runtime_id.split(":")[1]) for i in driver.list_instances(d.pk)]
+    assert len(pids) == 2
+    # A crash between deleting the row and tearing down: the sweep collects orphans.
+    Deployment.objects.filter(pk=d.pk).delete()
+    assert collect_orphans() == {d.target.name: 2}
+    assert driver.list_instances(d.pk) == []
+    for pid in pids:
+        assert not os.path.exists(f"/proc/{pid}") or \
+            open(f"/proc/{pid}/stat").read().split(")")[1].split()[0] == "Z"
+    assert teardown(d.pk, [d.target.pk]) == 0  # idempotent
