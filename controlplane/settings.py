@@ -172,7 +172,9 @@ WHITENOISE_USE_FINDERS = True
 if REDIS_URL:
     CHANNEL_LAYERS = {
         "default": {
-            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            # Pub/sub: one Redis PUBLISH per group message, fanned out by each
+            # web process to its own sockets (live updates are at-most-once).
+            "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
             "CONFIG": {"hosts": [REDIS_URL]},
         }
     }

@@ -17,7 +17,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import F, Max, ProtectedError
 from django.utils import timezone
 
-from . import audit
+from . import audit, events
 from .audit import Actor
 from .errors import Conflict, Invalid, NotFound
 from .models import (
@@ -326,6 +326,9 @@ def update_deployment(deployment: Deployment, *, actor: Actor, **changes) -> Dep
     audit.record(actor, _deployment_action(changed, deployment), deployment,
                  before=before, after=audit.snapshot(deployment))
     schedule_reconcile(deployment.pk)
+    events.publish(deployment.agent.team_id, "deployment.changed",
+                   {"replicas": deployment.replicas, "state": deployment.state},
+                   deployment_id=deployment.pk)
     return deployment
 
 

@@ -283,6 +283,11 @@ class Deployment(models.Model):
     def team(self) -> Team:
         return self.agent.team
 
+    @property
+    def name(self) -> str:
+        """What an operator types to confirm a dangerous action."""
+        return f"{self.agent.slug}@{self.environment}"
+
     def clean(self) -> None:
         errors = {}
         if self.version_id and self.agent_id and self.version.agent_id != self.agent_id:
@@ -378,6 +383,25 @@ class DeploymentEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.at:%H:%M:%S} {self.reason}: {self.message}"
+
+
+class DeploymentSample(models.Model):
+    """A point of the deployment's charts, written by the reconciler."""
+
+    deployment = models.ForeignKey(Deployment, on_delete=models.CASCADE, related_name="samples")
+    at = models.DateTimeField(default=timezone.now)
+    desired = models.PositiveIntegerField()
+    ready = models.PositiveIntegerField()
+    cpu_percent = models.FloatField(null=True)
+    memory_bytes = models.BigIntegerField(null=True)
+    inflight = models.FloatField(null=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["deployment", "at"])]
+        ordering = ["at"]
+
+    def __str__(self) -> str:
+        return f"{self.deployment_id}@{self.at:%H:%M:%S} {self.ready}/{self.desired}"
 
 
 class Secret(models.Model):

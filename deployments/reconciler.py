@@ -36,6 +36,7 @@ from .models import (
     AgentVersion,
     Deployment,
     DeploymentEvent,
+    DeploymentSample,
     DeploymentState,
     Health,
     Instance,
@@ -57,6 +58,7 @@ from .runtimes.base import (
 log = logging.getLogger(__name__)
 LOCK_CLASS = 0x4847  # "HG": advisory-lock namespace for deployments
 PARALLEL = 8
+SAMPLE_EVERY_S = 5
 
 
 # Locking ------------------------------------------------------------------------------
@@ -208,6 +210,8 @@ def reconcile_deployment(deployment_id: int) -> str:
 
 
 def _flush(run: Pass) -> None:
+    d = run.deployment
+    events.publish(d.agent.team_id, "instances", {}, deployment_id=d.pk)
     if not run.events:
         return
     with transaction.atomic():
@@ -504,7 +508,8 @@ class Reconciler:
     def _probe(self, rows: list[Instance], observed) -> list[Instance]:
         live = [r for r in rows if r.phase in (InstancePhase.STARTING, InstancePhase.RUNNING)
                 and r.target_id not in self.unreachable]
-        want_usage = self.d.autoscale_signal == "cpu"
+        want_usage = self.d.autoscale_signal == "cpu" or (
+            self.d.health == Health.HEALTHY and self._sample_due())
 
         def probe(row: Instance):
             driver = self.drivers[row.target_id]
@@ -637,8 +642,30 @@ class Reconciler:
         self.op.requeue(1)
         return self._write_health(Health.PROGRESSING, summary + extra)
 
+    def _sample_due(self) -> bool:
+        last = DeploymentSample.objects.filter(deployment=self.d).order_by("-at").values_list(
+            "at", flat=True).first()
+        return last is None or (self.op.now - last).total_seconds() >= SAMPLE_EVERY_S
+
+    def _sample(self) -> None:
+        """At most one chart point per SAMPLE_EVERY_S per deployment."""
+        d = self.d
+        if not self._sample_due():
+            return
+        rows = list(Instance.objects.filter(deployment=d))
+
+        def total(field):
+            values = [getattr(r, field) for r in rows if getattr(r, field) is not None]
+            return sum(values) if values else None
+        DeploymentSample.objects.create(
+            deployment=d, desired=d.replicas if d.state == DeploymentState.ACTIVE else 0,
+            ready=sum(1 for r in rows if r.health == Health.HEALTHY),
+            cpu_percent=total("cpu_percent"), memory_bytes=total("memory_bytes"),
+            inflight=total("inflight"))
+
     def _write_health(self, health: str, reason: str, *, converged: bool = False) -> str:
         d = self.d
+        self._sample()
         fields = {"health": health, "health_reason": reason[:500],
                   "reconciled_at": timezone.now()}
         if converged:

@@ -6,6 +6,7 @@ app_name = "deployments"
 
 urlpatterns = [
     path("", views.agent_list, name="agents"),
+    path("fleet/", views.fleet, name="fleet"),
     path("agents/new/", views.agent_create, name="agent-create"),
     path("agents/<int:agent_id>/", views.agent_detail, name="agent"),
     path("agents/<int:agent_id>/versions/", views.version_create, name="version-create"),
@@ -13,6 +14,10 @@ urlpatterns = [
     path("deployments/<int:deployment_id>/", views.deployment_detail, name="deployment"),
     path("deployments/<int:deployment_id>/scale/", views.deployment_scale, name="deployment-scale"),
     path("deployments/<int:deployment_id>/state/", views.deployment_state, name="deployment-state"),
+    path("deployments/<int:deployment_id>/metrics/", views.deployment_metrics,
+         name="deployment-metrics"),
+    path("deployments/<int:deployment_id>/delete/", views.deployment_delete,
+         name="deployment-delete"),
     path("deployments/<int:deployment_id>/restart/", views.deployment_restart,
          name="deployment-restart"),
     path("deployments/<int:deployment_id>/instances/<str:name>/logs/", views.instance_logs,

@@ -1,6 +1,8 @@
 """Operator UI: server-rendered pages with htmx partials from the same templates."""
 from __future__ import annotations
 
+from urllib.parse import urlencode
+
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
@@ -20,9 +22,11 @@ from .models import (
     ROLE_RANK,
     Agent,
     Deployment,
+    Health,
     Instance,
     Pattern,
     Role,
+    Target,
     Team,
     worst_health,
 )
@@ -115,6 +119,61 @@ def agent_list(request: HttpRequest) -> HttpResponse:
     template = "deployments/agent_list.html"
     if request.htmx and request.htmx.target == "agent-table":
         template += "#agent-table"
+    return render(request, template, context)
+
+
+FLEET_QS = Deployment.objects.select_related("agent__team", "target", "version")
+
+
+def telemetry_summary(deployment_ids: list[int]) -> dict[int, dict]:
+    """Runs per minute and cost today per deployment, when telemetry is installed."""
+    try:
+        from telemetry.summary import deployment_summaries
+    except ImportError:
+        return {}
+    return deployment_summaries(deployment_ids)
+
+
+@_scoped
+@require_GET
+def fleet(request: HttpRequest) -> HttpResponse:
+    """Every deployment the user can see, live, filterable, paginated."""
+    actor = _actor(request)
+    deployments = access.readable(actor, FLEET_QS.all()).annotate(
+        ready=Count("instances", filter=Q(instances__health="Healthy"))
+    ).order_by("agent__team__slug", "agent__slug", "environment", "pk")
+    filters = {k: request.GET.get(k, "").strip() for k in ("team", "pattern", "target",
+                                                             "health", "q")}
+    if filters["team"]:
+        deployments = deployments.filter(agent__team__slug=filters["team"])
+    if filters["pattern"] in Pattern.values:
+        deployments = deployments.filter(agent__pattern=filters["pattern"])
+    if filters["target"]:
+        deployments = deployments.filter(target__name=filters["target"])
+    if filters["health"] in Health.values:
+        deployments = deployments.filter(health=filters["health"])
+    if filters["q"]:
+        q = filters["q"]
+        deployments = deployments.filter(Q(agent__slug__icontains=q) | Q(agent__name__icontains=q)
+                                         | Q(environment__icontains=q))
+    page = Paginator(deployments, 50).get_page(request.GET.get("page"))
+    rows = list(page)
+    summaries = telemetry_summary([d.pk for d in rows])
+    for d in rows:
+        d.summary = summaries.get(d.pk, {})
+    readable_teams = access.readable(actor, Team.objects.all())
+    context = {
+        "rows": rows, "page": page, "filters": filters, "patterns": Pattern.choices,
+        "healths": Health.values, "teams": readable_teams,
+        "targets": access.readable(actor, Target.objects.all()).values_list(
+            "name", flat=True).distinct().order_by("name"),
+        "query": urlencode({k: v for k, v in filters.items() if v}),
+        "counts": dict(access.readable(actor, Deployment.objects.all()).values_list("health")
+                       .annotate(n=Count("pk")).order_by()),
+    }
+    template = "deployments/fleet.html"
+    if request.htmx and request.htmx.target == "fleet-table":
+        template += "#fleet-table"
     return render(request, template, context)
 
 
@@ -231,6 +290,7 @@ def _deployment_context(actor: Actor, deployment: Deployment, **extra) -> dict:
         "deployment": deployment,
         "instances": instances,
         "timeline": deployment.events.all()[:30],
+        "in_flight": deployment.observed_generation < deployment.generation,
         "ready": sum(1 for i in instances if i.health == "Healthy"),
         "can_write": access.has_role(actor, deployment.agent.team_id, Role.OPERATOR),
         "scale_form": extra.pop("scale_form", None)
@@ -248,9 +308,58 @@ def deployment_detail(request: HttpRequest, deployment_id: int) -> HttpResponse:
     actor = _actor(request)
     deployment = access.get_for(actor, DEPLOYMENT_QS, pk=deployment_id)
     template = "deployments/deployment_detail.html"
-    if request.htmx and request.htmx.target == "deployment-status":
-        template += "#status"
+    partials = {"deployment-status": "#status", "timeline": "#timeline"}
+    if request.htmx and request.htmx.target in partials:
+        template += partials[request.htmx.target]
     return render(request, template, _deployment_context(actor, deployment))
+
+
+@_scoped
+@require_GET
+def deployment_metrics(request: HttpRequest, deployment_id: int) -> JsonResponse:
+    """Chart series for the deployment page (last hour)."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    deployment = access.get_for(_actor(request), Deployment.objects.all(), pk=deployment_id)
+    since = timezone.now() - timedelta(hours=1)
+    samples = list(deployment.samples.filter(at__gte=since).order_by("at").values(
+        "at", "desired", "ready", "cpu_percent", "memory_bytes", "inflight")[:720])
+    series = {
+        "t": [s["at"].isoformat() for s in samples],
+        "desired": [s["desired"] for s in samples],
+        "ready": [s["ready"] for s in samples],
+        "cpu": [s["cpu_percent"] for s in samples],
+        "memory_mib": [round(s["memory_bytes"] / 2**20, 1) if s["memory_bytes"] else None
+                       for s in samples],
+        "inflight": [s["inflight"] for s in samples],
+    }
+    try:
+        from telemetry.summary import deployment_series
+    except ImportError:
+        pass
+    else:
+        series["runs"] = deployment_series(deployment.pk, since)
+    return JsonResponse(series)
+
+
+def _confirmed(request: HttpRequest, deployment: Deployment) -> bool:
+    return request.POST.get("confirm", "").strip() == deployment.name
+
+
+@_scoped
+@require_POST
+def deployment_delete(request: HttpRequest, deployment_id: int) -> HttpResponse:
+    actor = _actor(request)
+    deployment = access.get_for(actor, DEPLOYMENT_QS, Role.OPERATOR, pk=deployment_id)
+    if not _confirmed(request, deployment):
+        messages.error(request, f"Type {deployment.name} to confirm the deletion.")
+        return _redirect(request, reverse("deployments:deployment", args=[deployment.pk]))
+    agent_id = deployment.agent_id
+    actions.delete_deployment(deployment, actor=actor)
+    messages.success(request, f"Deployment {deployment} deleted; its instances are being removed.")
+    return _redirect(request, reverse("deployments:agent", args=[agent_id]))
 
 
 @_scoped
@@ -260,7 +369,11 @@ def deployment_scale(request: HttpRequest, deployment_id: int) -> HttpResponse:
     deployment = access.get_for(actor, DEPLOYMENT_QS, Role.OPERATOR, pk=deployment_id)
     form = ScaleForm(request.POST)
     status = 422
-    if form.is_valid():
+    if form.is_valid() and form.cleaned_data["replicas"] == 0 and \
+            not _confirmed(request, deployment):
+        form.add_error("replicas", f"Scaling to zero stops every instance: type "
+                                   f"{deployment.name} to confirm.")
+    if form.is_valid() and not form.errors:
         try:
             deployment = actions.scale_deployment(
                 deployment, replicas=form.cleaned_data["replicas"], actor=actor)
@@ -270,12 +383,18 @@ def deployment_scale(request: HttpRequest, deployment_id: int) -> HttpResponse:
             status = 200
             form = ScaleForm(initial={"replicas": deployment.replicas})
             deployment = DEPLOYMENT_QS.get(pk=deployment.pk)
-    context = _deployment_context(actor, deployment, scale_form=form)
+    message = (f"Scaling to {deployment.replicas}: generation {deployment.generation} is being "
+               "applied; the status above follows it live." if status == 200 else "")
+    context = _deployment_context(actor, deployment, scale_form=form, scale_message=message)
     if not request.htmx:
         if status == 200:
+            messages.success(request, message)
             return redirect("deployments:deployment", deployment_id=deployment.pk)
         return render(request, "deployments/deployment_detail.html", context, status=status)
-    return render(request, "deployments/deployment_detail.html#status", context, status=status)
+    response = render(request, "deployments/deployment_detail.html#scale", context, status=status)
+    if status == 200:
+        response["HX-Trigger"] = "hangar:scaled"
+    return response
 
 
 @_scoped
@@ -315,6 +434,9 @@ def deployment_state(request: HttpRequest, deployment_id: int) -> HttpResponse:
     form = StateForm(request.POST)
     if not form.is_valid():
         return HttpResponse("Unknown state.", status=400)
+    if form.cleaned_data["state"] == "stopped" and not _confirmed(request, deployment):
+        messages.error(request, f"Type {deployment.name} to confirm stopping it.")
+        return _redirect(request, reverse("deployments:deployment", args=[deployment.pk]))
     actions.update_deployment(deployment, state=form.cleaned_data["state"], actor=actor)
     messages.success(request, f"Deployment is now {form.cleaned_data['state']}.")
     return _redirect(request, reverse("deployments:deployment", args=[deployment.pk]))

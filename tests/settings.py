@@ -13,3 +13,6 @@ from controlplane.settings import *  # noqa: E402,F403
 
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]  # fast test logins
 STORAGES["staticfiles"]["BACKEND"] = "django.contrib.staticfiles.storage.StaticFilesStorage"  # noqa: F405
+
+# Separate runs (several engineers, CI) can use separate test databases.
+DATABASES["default"]["TEST"] = {"NAME": os.environ.get("HANGAR_TEST_DB_NAME", "test_hangar")}  # noqa: F405

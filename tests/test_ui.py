@@ -136,7 +136,8 @@ def test_create_deployment_and_scale_from_the_ui(world):
     assert clash.status_code == 422 and "already exists" in clash.content.decode()
     scaled = client.post(f"/deployments/{deployment.pk}/scale/", {"replicas": 4}, headers=HX)
     html = scaled.content.decode()
-    assert scaled.status_code == 200 and 'id="deployment-status"' in html and "<html" not in html
+    assert scaled.status_code == 200 and 'id="scale"' in html and "<html" not in html
+    assert "Scaling to 4" in html
     deployment.refresh_from_db()
     assert deployment.replicas == 4 and deployment.generation == 2
     too_many = client.post(f"/deployments/{deployment.pk}/scale/", {"replicas": 80}, headers=HX)
@@ -146,10 +147,22 @@ def test_create_deployment_and_scale_from_the_ui(world):
     assert negative.status_code == 422
     deployment.refresh_from_db()
     assert deployment.replicas == 4
+    # Dangerous actions need the deployment's name typed in.
+    zero = client.post(f"/deployments/{deployment.pk}/scale/", {"replicas": 0}, headers=HX)
+    assert zero.status_code == 422 and "type support-bot@staging to confirm" in \
+        zero.content.decode()
     stop = client.post(f"/deployments/{deployment.pk}/state/", {"state": "stopped"})
+    deployment.refresh_from_db()
+    assert stop.status_code == 302 and deployment.state == "active"
+    stop = client.post(f"/deployments/{deployment.pk}/state/",
+                       {"state": "stopped", "confirm": "support-bot@staging"})
     assert stop.status_code == 302
     deployment.refresh_from_db()
     assert deployment.state == "stopped"
+    client.post(f"/deployments/{deployment.pk}/delete/", {"confirm": "nope"})
+    assert Deployment.objects.filter(pk=deployment.pk).exists()
+    client.post(f"/deployments/{deployment.pk}/delete/", {"confirm": "support-bot@staging"})
+    assert not Deployment.objects.filter(pk=deployment.pk).exists()
 
 
 @pytest.mark.parametrize("who", ["admin", "operator", "viewer"])
@@ -166,3 +179,52 @@ def test_pages_render_for_every_member_role(world, who):
 def test_healthz(db):
     response = Client().get("/healthz")
     assert response.status_code == 200 and response.json() == {"status": "ok"}
+
+
+def test_fleet_overview_filters_and_live_partial(world):
+    from .factories import AgentFactory, DeploymentFactory
+
+    DeploymentFactory(agent=AgentFactory(team=world.team, slug="batcher", pattern="batch"))
+    Deployment.objects.filter(agent__slug="batcher").update(health="Degraded",
+                                                            health_reason="1 of 2 replicas")
+    client = login(world, "viewer")
+    html = client.get("/fleet/").content.decode()
+    assert "support-bot" in html and "batcher" in html and "foreign" not in html
+    assert 'data-live-events="deployment.health' in html
+    degraded = client.get("/fleet/?health=Degraded", headers={**HX, "HX-Target": "fleet-table"})
+    body = degraded.content.decode()
+    assert "<html" not in body and "batcher" in body and "support-bot@" not in body
+    assert "1 of 2 replicas" in body
+    assert "batcher" not in client.get("/fleet/?pattern=realtime").content.decode()
+    assert "batcher" in client.get("/fleet/?q=batch").content.decode()
+
+
+def test_fleet_overview_is_paginated_with_flat_queries(world, django_assert_max_num_queries):
+    from deployments.models import Agent
+
+    from .factories import VersionFactory
+
+    agents = Agent.objects.bulk_create(
+        [Agent(team=world.team, slug=f"fleet-{n}", name=f"Fleet {n}", pattern="realtime")
+         for n in range(1000)])
+    versions = [VersionFactory(agent=agents[0], number=100)]
+    Deployment.objects.bulk_create([
+        Deployment(agent=a, version=versions[0], target=world.target, environment="prod")
+        for a in agents])
+    client = login(world, "viewer")
+    with django_assert_max_num_queries(12):
+        response = client.get("/fleet/?page=3")
+    html = response.content.decode()
+    assert response.status_code == 200 and "1001 deployments" in html
+    assert html.count("data-deployment=") == 50
+
+
+def test_deployment_metrics_series(world):
+    from deployments.models import DeploymentSample
+
+    DeploymentSample.objects.create(deployment=world.deployment, desired=2, ready=1,
+                                    cpu_percent=12.5, memory_bytes=50 * 2**20)
+    data = login(world, "viewer").get(f"/deployments/{world.deployment.pk}/metrics/").json()
+    assert data["ready"] == [1] and data["desired"] == [2] and data["memory_mib"] == [50.0]
+    assert login(world, "outsider").get(
+        f"/deployments/{world.deployment.pk}/metrics/").status_code == 404
