@@ -431,7 +431,7 @@ def instance_logs(request, deployment_id: Id, name: str, tail: int = 200, follow
         from .errors import NotFound
 
         raise NotFound("Instance not found.")
-    return log_response(instance, tail=tail, follow=follow)
+    return log_response(instance, tail=tail, follow=follow, request=request)
 
 
 # Secrets ------------------------------------------------------------------------

@@ -4,6 +4,8 @@ from __future__ import annotations
 import json
 import time
 
+from asgiref.sync import sync_to_async
+from django.core.handlers.asgi import ASGIRequest
 from django.http import HttpResponse, StreamingHttpResponse
 
 from .errors import Conflict, Invalid
@@ -13,7 +15,7 @@ from .runtimes import RuntimeFailure, get_driver
 FOLLOW_LIMIT_S = 600  # a follow stream ends after ten minutes; clients reconnect
 
 
-def log_response(instance: Instance, *, tail: int, follow: bool) -> HttpResponse:
+def log_response(instance: Instance, *, tail: int, follow: bool, request=None) -> HttpResponse:
     if not 0 <= tail <= 10_000:
         raise Invalid({"tail": ["Give 0 to 10000 lines."]})
     target = instance.target or instance.deployment.target
@@ -41,7 +43,19 @@ def log_response(instance: Instance, *, tail: int, follow: bool) -> HttpResponse
             yield f"event: error\ndata: {json.dumps(str(exc))}\n\n"
         yield "event: end\ndata: {}\n\n"
 
-    response = StreamingHttpResponse(stream(), content_type="text/event-stream")
+    async def astream():
+        # Under ASGI a sync iterator would be consumed whole before sending;
+        # pull each chunk from a worker thread instead.
+        chunks = stream()
+        while True:
+            chunk = await sync_to_async(next, thread_sensitive=False)(chunks, None)
+            if chunk is None:
+                return
+            yield chunk
+
+    asgi = isinstance(request, ASGIRequest) if request is not None else False
+    response = StreamingHttpResponse(astream() if asgi else stream(),
+                                     content_type="text/event-stream")
     response["Cache-Control"] = "no-cache"
     response["X-Accel-Buffering"] = "no"
     return response

@@ -65,7 +65,7 @@ def login(base: str, password: str) -> requests.Session:
         "username": "admin", "password": password,
         "csrfmiddlewaretoken": session.cookies["csrftoken"]},
         headers={"Referer": f"{base}/login/"})
-    assert response.url.rstrip("/") == base, "login did not land on the dashboard"
+    assert response.url == f"{base}/fleet/", "login did not land on the dashboard"
     session.dashboard = response.text
     return session
 
@@ -129,7 +129,7 @@ def test_run_command_serves_the_demo_dashboard(tmp_path):
         wait_for(f"{base}/healthz", process, log)
         assert f"Log in as: admin / {password}" in log.read_text()
         session = login(base, password)
-        assert session.dashboard.count("demo-assistant</div>") == 1
+        assert session.dashboard.count("demo/demo-assistant@demo</div>") == 1
         # The agent process outlived the restart and was re-adopted, not duplicated.
         deployment = wait_healthy(session, base)
         instances = session.get(f"{base}/api/v1/deployments/{deployment['id']}/instances",
