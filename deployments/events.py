@@ -57,7 +57,14 @@ def publish(team_id: int, event: str, payload: dict, *, deployment_id: int | Non
     if deployment_id is not None:
         groups.append(deployment_group(deployment_id))
     key = (event, deployment_id if deployment_id is not None else f"team{team_id}")
-    transaction.on_commit(lambda: _coalescer.submit(key, lambda: _send(groups, message)))
+
+    def deliver() -> None:
+        if isinstance(get_channel_layer(), InMemoryChannelLayer):
+            _send(groups, message)  # in-process layer (tests, standalone): no hop to save
+        else:
+            _coalescer.submit(key, lambda: _send(groups, message))
+
+    transaction.on_commit(deliver)
 
 
 # Sending -----------------------------------------------------------------------------
@@ -121,9 +128,6 @@ class _Coalescer:
         self.timer: threading.Timer | None = None
 
     def submit(self, key, send: Callable[[], None]) -> None:
-        if isinstance(get_channel_layer(), InMemoryChannelLayer):
-            send()  # in-process layer (tests, standalone): nothing to protect
-            return
         now = time.monotonic()
         with self.lock:
             if key not in self.pending and now - self.last.get(key, 0.0) >= self.window:

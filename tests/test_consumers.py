@@ -1,6 +1,8 @@
 """The events websocket: session required, Origin checked, team-scoped."""
 from __future__ import annotations
 
+import time
+
 import pytest
 from asgiref.sync import sync_to_async
 from channels.testing import WebsocketCommunicator
@@ -79,3 +81,40 @@ def world_async(transactional_db):
     from .conftest import world as make_world
 
     return make_world.__wrapped__(transactional_db)
+
+
+async def test_events_through_redis_are_coalesced_per_object(world_async):
+    """Real Redis pub/sub layer: a burst for one deployment reaches the browser as
+    a few messages, the last one carrying the final state."""
+    from channels.layers import channel_layers
+    from django.db import transaction
+
+    from deployments.events import publish
+
+    channel_layers.backends.clear()
+    viewer, connected, _ = await connect(world_async.users["viewer"])
+    assert connected
+    team_id, deployment_id = world_async.team.pk, world_async.deployment.pk
+
+    def burst():
+        for n in range(40):
+            with transaction.atomic():
+                publish(team_id, "deployment.health",
+                        {"health": "Progressing", "reason": f"step {n}", "replicas": 3},
+                        deployment_id=deployment_id)
+            time.sleep(0.005)
+        with transaction.atomic():
+            publish(team_id, "deployment.health",
+                    {"health": "Healthy", "reason": "final", "replicas": 3},
+                    deployment_id=deployment_id)
+
+    await sync_to_async(burst)()
+    received = []
+    while not await viewer.receive_nothing(timeout=1.5, interval=0.05):
+        received.append(await viewer.receive_json_from(timeout=1))
+    await viewer.disconnect()
+    channel_layers.backends.clear()
+    health = [m for m in received if m["event"] == "deployment.health"]
+    assert 1 <= len(health) <= 4, len(health)  # 41 published within ~0.3 s
+    assert health[-1]["payload"]["reason"] == "final"
+    assert health[-1]["deployment_id"] == deployment_id
