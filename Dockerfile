@@ -17,6 +17,7 @@ WORKDIR /app
 COPY manage.py ./
 COPY controlplane controlplane
 COPY deployments deployments
+COPY telemetry telemetry
 COPY templates templates
 COPY static static
 RUN HANGAR_DATA_DIR=/tmp/build python manage.py collectstatic --noinput -v0 && rm -rf /tmp/build

@@ -8,6 +8,7 @@ from ninja.errors import AuthenticationError, ValidationError
 
 from deployments.api import router as deployments_router
 from deployments.errors import DomainError
+from telemetry.api import router as telemetry_router
 
 api = NinjaAPI(
     title="Hangar API",
@@ -18,6 +19,7 @@ api = NinjaAPI(
     docs_url="/docs",
 )
 api.add_router("/", deployments_router)
+api.add_router("/", telemetry_router)
 
 
 @api.exception_handler(DomainError)

@@ -88,6 +88,7 @@ INSTALLED_APPS = [
     "channels",
     "ninja",
     "deployments",
+    "telemetry",
 ]
 
 MIDDLEWARE = [
@@ -222,10 +223,30 @@ if HANGAR_PORT_RANGE[0] >= HANGAR_PORT_RANGE[1]:
 HANGAR_AUTOSCALE_DOWN_WINDOW_S = env_int("HANGAR_AUTOSCALE_DOWN_WINDOW_S", 60, minimum=0)
 HANGAR_OTLP_ENDPOINT = env_str("HANGAR_OTLP_ENDPOINT", "http://127.0.0.1:8000")
 
+# Telemetry: OTLP ingestion limits, retention, cost accrual.
+# A request body (compressed or not) larger than this is refused with 413.
+HANGAR_INGEST_MAX_BYTES = env_int("HANGAR_INGEST_MAX_BYTES", 8 * 1024 * 1024, minimum=1024)
+# Attribute values (strings, bytes) longer than this are truncated and the span flagged.
+HANGAR_INGEST_MAX_ATTRIBUTE_BYTES = env_int("HANGAR_INGEST_MAX_ATTRIBUTE_BYTES", 16 * 1024,
+                                            minimum=256)
+# Database connections per ASGI web process for span ingestion (PostgreSQL); 0 serves
+# /v1/traces through Django's request cycle instead.
+HANGAR_INGEST_CONNECTIONS = env_int("HANGAR_INGEST_CONNECTIONS", 4, minimum=0)
+# Exports in progress per web process beyond this are refused with 503 (retryable).
+HANGAR_INGEST_MAX_PENDING = env_int("HANGAR_INGEST_MAX_PENDING", 64, minimum=1)
+HANGAR_SPAN_RETENTION_DAYS = env_int("HANGAR_SPAN_RETENTION_DAYS", 14, minimum=1)
+HANGAR_RUN_RETENTION_DAYS = env_int("HANGAR_RUN_RETENTION_DAYS", 400, minimum=31)
+HANGAR_COST_TICK_SECONDS = env_int("HANGAR_COST_TICK_SECONDS", 60, minimum=5)
+
 CELERY_BEAT_SCHEDULE = {
     "sweep": {"task": "deployments.tasks.sweep", "schedule": float(HANGAR_SWEEP_SECONDS)},
     "probe-targets": {"task": "deployments.tasks.probe_targets", "schedule": 30.0},
     "collect-orphans": {"task": "deployments.tasks.collect_orphans", "schedule": 60.0},
+    "accrue-compute-cost": {"task": "telemetry.tasks.accrue_compute",
+                            "schedule": float(HANGAR_COST_TICK_SECONDS)},
+    "evaluate-budgets": {"task": "telemetry.tasks.evaluate_budgets",
+                         "schedule": float(HANGAR_COST_TICK_SECONDS)},
+    "telemetry-retention": {"task": "telemetry.tasks.retention", "schedule": 3600.0},
 }
 
 LOGGING = {

@@ -3,6 +3,7 @@ from django.contrib.auth import views as auth_views
 from django.urls import include, path
 
 from deployments.views import healthz
+from telemetry.receiver import traces
 
 from .api import api
 
@@ -16,5 +17,7 @@ urlpatterns = [
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("admin/", admin.site.urls),
     path("api/v1/", api.urls),
+    path("v1/traces", traces, name="otlp-traces"),
+    path("telemetry/", include("telemetry.urls")),
     path("", include("deployments.urls")),
 ]

@@ -294,13 +294,15 @@ def create_deployment(agent: Agent, *, version: AgentVersion, target: Target, ac
         raise Invalid({"version": ["This version belongs to another agent."]})
     if target.team_id != agent.team_id:
         raise NotFound("Target not found.")
-    deployment = Deployment(agent=agent, version=version, target=target,
-                            ingest_token=pysecrets.token_urlsafe(32), **fields)
+    deployment = Deployment(agent=agent, version=version, target=target, **fields)
     _check_policy(deployment)
     deployment.health = Health.SUSPENDED if deployment.state != DeploymentState.ACTIVE \
         else Health.PROGRESSING
     deployment.health_reason = "waiting for the first reconcile"
     _validated_save(deployment)
+    # "<deployment id>.<secret>": /v1/traces finds the deployment, then checks the secret.
+    deployment.ingest_token = f"{deployment.pk}.{pysecrets.token_urlsafe(32)}"
+    deployment.save(update_fields=["ingest_token"])
     audit.record(actor, "deployment.create", deployment, after=audit.snapshot(deployment))
     schedule_reconcile(deployment.pk)
     return deployment
