@@ -38,7 +38,15 @@ TEAM_PATH = {
 
 
 def team_roles(actor: Actor) -> dict[int, str] | None:
-    """Role per team id for the actor; ``None`` means every team as admin."""
+    """Role per team id for the actor; ``None`` means every team as admin.
+
+    Computed once per actor (an actor lives for one request or message)."""
+    if "roles" not in actor.roles_cache:
+        actor.roles_cache["roles"] = _team_roles(actor)
+    return actor.roles_cache["roles"]
+
+
+def _team_roles(actor: Actor) -> dict[int, str] | None:
     user = actor.user
     if user is None or not user.is_authenticated or not user.is_active:
         return {}

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 from typing import TYPE_CHECKING, Any
 
 from django.core.serializers.json import DjangoJSONEncoder
@@ -27,6 +28,8 @@ class Actor:
     source: str = "system"  # api | ui | admin | system
     ip: str | None = None
     token: ApiToken | None = None
+    # Roles per team, computed once per actor (one request) by access.team_roles.
+    roles_cache: dict = dataclass_field(default_factory=dict, compare=False, repr=False)
 
     @property
     def label(self) -> str:

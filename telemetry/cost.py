@@ -280,8 +280,11 @@ def day_start(at: datetime | None = None) -> datetime:
     return at.replace(hour=0, minute=0, second=0, microsecond=0)
 
 
-def _scope(*, team_id=None, agent_id=None, deployment_id=None, team_ids=None) -> Q:
+def _scope(*, team_id=None, agent_id=None, deployment_id=None, team_ids=None,
+           deployment_ids=None) -> Q:
     q = Q()
+    if deployment_ids is not None:
+        q &= Q(deployment_id__in=list(deployment_ids))
     if team_id is not None:
         q &= Q(team_id=team_id)
     if team_ids is not None:

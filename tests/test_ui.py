@@ -228,3 +228,31 @@ def test_deployment_metrics_series(world):
     assert data["ready"] == [1] and data["desired"] == [2] and data["memory_mib"] == [50.0]
     assert login(world, "outsider").get(
         f"/deployments/{world.deployment.pk}/metrics/").status_code == 404
+
+
+def test_fleet_and_charts_show_runs_and_cost_from_telemetry(world):
+    import uuid
+    from datetime import timedelta
+    from decimal import Decimal
+
+    from django.utils import timezone
+
+    from telemetry.models import Run
+
+    d = world.deployment
+    now = timezone.now()
+    for n in range(10):
+        Run.objects.create(team_id=world.team.pk, agent_id=d.agent_id, deployment_id=d.pk,
+                           trace_id=uuid.uuid4(), root_span_id=n + 1, status="ok",
+                           started_at=now - timedelta(seconds=10 + n), duration_ms=100 + n,
+                           cost_usd=Decimal("0.0125"), input_tokens=5, output_tokens=7)
+    client = login(world, "viewer")
+    row = client.get("/fleet/").content.decode().split(f'data-deployment="{d.pk}"')[1]
+    row = row.split("</tr>")[0]
+    assert "<td>2.0</td>" in row  # 10 runs over the last five minutes
+    assert "$0.1250" in row
+    series = client.get(f"/deployments/{d.pk}/metrics/").json()["runs"]
+    assert sum(series["per_minute"]) == 10
+    assert abs(sum(series["cost"]) - 0.125) < 1e-9
+    page = client.get(f"/deployments/{d.pk}/").content.decode()
+    assert 'data-testid="cost-panel"' in page
