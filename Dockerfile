@@ -1,4 +1,4 @@
-# Hangar control plane image: web (daphne), worker and beat share it.
+# Hangar control plane image: web (uvicorn), worker and beat share it.
 # Stage 1 builds wheels for every dependency; stage 2 installs them offline.
 FROM python:3.11-slim AS build
 WORKDIR /src
@@ -25,4 +25,4 @@ USER hangar
 EXPOSE 8000
 HEALTHCHECK --interval=15s --timeout=5s --start-period=20s --retries=3 \
   CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=4)"]
-CMD ["daphne", "-b", "0.0.0.0", "-p", "8000", "--proxy-headers", "controlplane.asgi:application"]
+CMD ["uvicorn", "controlplane.asgi:application", "--host", "0.0.0.0", "--port", "8000", "--ws", "websockets-sansio", "--lifespan", "off", "--proxy-headers"]

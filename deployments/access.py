@@ -86,6 +86,27 @@ def require_role(actor: Actor, team_id: int, needed: str) -> None:
         raise Forbidden(f"This needs the {needed} role in the team; you have {role}.")
 
 
+def readable_team_ids(user_pks) -> dict[int, set[int]]:
+    """Readable team ids per user (session access, no token), for many users
+    at once: inactive or unknown users map to an empty set."""
+    from django.contrib.auth import get_user_model
+
+    users = dict(get_user_model().objects.filter(pk__in=list(user_pks), is_active=True)
+                 .values_list("pk", "is_superuser"))
+    readable = {pk: set() for pk in user_pks}
+    if any(users.values()):
+        every_team = set(Team.objects.values_list("pk", flat=True))
+        for pk, is_superuser in users.items():
+            if is_superuser:
+                readable[pk] = set(every_team)
+    members = [pk for pk, is_superuser in users.items() if not is_superuser]
+    if members:
+        for user_id, team_id in Membership.objects.filter(user_id__in=members).values_list(
+                "user_id", "team_id"):
+            readable[user_id].add(team_id)
+    return readable
+
+
 def readable(actor: Actor, queryset: QuerySet) -> QuerySet:
     """Restrict ``queryset`` to rows in teams the actor can read."""
     roles = team_roles(actor)

@@ -51,7 +51,8 @@ SYSTEM = Actor(user=None, source="system")
 
 def client_ip(request) -> str | None:
     # REMOTE_ADDR is what the socket saw; behind a proxy, configure the proxy
-    # to set it (daphne --proxy-headers) rather than trusting a header here.
+    # to set it (uvicorn --proxy-headers with
+    # --forwarded-allow-ips) rather than trusting a header here.
     return request.META.get("REMOTE_ADDR") or None
 
 

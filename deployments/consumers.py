@@ -1,64 +1,89 @@
-"""Websocket consumer: transport only. Authenticates in connect, joins the
-groups of the teams the user can read, and re-checks access for every message
-(against a short-lived cache, so a thousand sockets do not mean a thousand
-queries per event)."""
+"""Websocket consumer: transport only. Authenticates in connect, then hands the
+socket to the process's :mod:`hub`, which delivers the events of the teams the
+user can read (re-checked for every message) into the socket's bounded outbox;
+a writer task sends them in order."""
 from __future__ import annotations
 
-import time
+import asyncio
+import contextlib
+import json
 
 from channels.db import database_sync_to_async
-from channels.generic.websocket import AsyncJsonWebsocketConsumer
+from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 
 from . import access
-from .audit import Actor
-from .events import team_group
+from .hub import CLOSE_TOO_SLOW, OUTBOX_SIZE, hub
 
-ACCESS_TTL_S = 5.0
+PONG = '{"event":"pong","deployment_id":null,"payload":{}}'
 
 
-class EventsConsumer(AsyncJsonWebsocketConsumer):
+class EventsConsumer(AsyncWebsocketConsumer):
+    # No channel per socket: events arrive through the hub's single channel.
+    channel_layer_alias = None
+
     async def connect(self):
         user = self.scope.get("user")
         if user is None or not user.is_authenticated:
             await self.close(code=4401)
             return
-        self.team_ids = await self._readable_team_ids()
-        self.checked_at = time.monotonic()
-        for team_id in self.team_ids:
-            await self.channel_layer.group_add(team_group(team_id), self.channel_name)
+        self.user_pk = user.pk
+        readable = await database_sync_to_async(access.readable_team_ids)([user.pk])
+        self.team_ids = frozenset(readable[user.pk])
         await self.accept()
+        self.outbox: asyncio.Queue = asyncio.Queue(maxsize=OUTBOX_SIZE)
+        self.closing = False
+        self.writer = asyncio.create_task(self._write())
+        self.hub = hub()
+        await self.hub.join(self)
         if settings.STANDALONE or not settings.REDIS_URL:
             from .relay import ensure_relay
 
             ensure_relay()
 
     async def disconnect(self, code):
-        for team_id in getattr(self, "team_ids", []):
-            await self.channel_layer.group_discard(team_group(team_id), self.channel_name)
+        if getattr(self, "hub", None) is not None:
+            await self.hub.leave(self)
+        writer = getattr(self, "writer", None)
+        if writer is not None and not writer.done():
+            writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await writer
 
-    async def hangar_event(self, message):
-        if time.monotonic() - self.checked_at > ACCESS_TTL_S:
-            self.team_ids = await self._readable_team_ids()
-            self.checked_at = time.monotonic()
-            if not self.team_ids:
-                await self.close(code=4403)
-                return
-        if message["team_id"] in self.team_ids:
-            await self.send_json({k: message[k] for k in ("event", "deployment_id", "payload")})
+    # Called by the hub, on the event loop, without awaiting.
 
-    async def receive_json(self, content, **kwargs):
-        if content.get("type") == "ping":
-            await self.send_json({"event": "pong", "deployment_id": None, "payload": {}})
+    def offer(self, text: str) -> None:
+        if self.closing:
+            return
+        try:
+            self.outbox.put_nowait(text)
+        except asyncio.QueueFull:
+            self.revoke(CLOSE_TOO_SLOW)
 
-    @database_sync_to_async
-    def _readable_team_ids(self) -> set[int]:
-        from django.contrib.auth import get_user_model
+    def revoke(self, code: int) -> None:
+        """Close after nothing else: drop what is queued, then the close frame."""
+        if self.closing:
+            return
+        self.closing = True
+        while not self.outbox.empty():
+            self.outbox.get_nowait()
+        self.outbox.put_nowait(code)
 
-        from .models import Team
+    async def _write(self) -> None:
+        try:
+            while True:
+                item = await self.outbox.get()
+                if isinstance(item, int):
+                    await self.close(code=item)
+                    return
+                await self.send(text_data=item)
+        except (OSError, RuntimeError):  # the browser went away mid-send
+            self.closing = True
 
-        user = get_user_model().objects.filter(pk=self.scope["user"].pk, is_active=True).first()
-        if user is None:
-            return set()
-        actor = Actor(user=user, source="ui")
-        return set(access.readable(actor, Team.objects.all()).values_list("pk", flat=True))
+    async def receive(self, text_data=None, bytes_data=None):
+        try:
+            content = json.loads(text_data or "")
+        except ValueError:
+            return
+        if isinstance(content, dict) and content.get("type") == "ping":
+            self.offer(PONG)

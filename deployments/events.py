@@ -31,6 +31,8 @@ EVENTS: dict[str, frozenset[str]] = {
     "timeline": frozenset({"reason", "message"}),
     "run.finished": frozenset({"run_id"}),
     "cost.tick": frozenset(),
+    "budget.triggered": frozenset({"budget_id", "budget_event_id", "percent", "action"}),
+    "budget.reverted": frozenset({"budget_id", "budget_event_id", "restored"}),
     "refresh": frozenset(),
 }
 

@@ -192,8 +192,8 @@ def _fire(budget: Budget, percent: int, action: str, spent: Decimal, month,
                  after={"budget_id": budget.pk, "percent": percent, "action": action,
                         "spent_usd": str(spent), "amount_usd": str(budget.amount_usd),
                         "deployments": [a["deployment_id"] for a in affected]})
-    # A cost hint: pages re-render their cost panels, which carry the budget banner.
-    publish(budget.team_id, "cost.tick",
+    # Pages re-render their cost panels, which carry the budget banner.
+    publish(budget.team_id, "budget.triggered",
             {"budget_id": budget.pk, "budget_event_id": event.pk, "percent": percent,
              "action": action})
     if budget.webhook_url:
@@ -234,7 +234,7 @@ def revert_budget_event(event: BudgetEvent, *, actor: Actor) -> BudgetEvent:
     event.reverted_by = actor.user if actor.user is not None and actor.user.pk else None
     event.save(update_fields=["affected", "reverted_at", "reverted_by"])
     audit.record(actor, "budget.revert", event, before=before, after=audit.snapshot(event))
-    publish(event.team_id, "cost.tick", {"budget_id": event.budget_id,
+    publish(event.team_id, "budget.reverted", {"budget_id": event.budget_id,
                                          "budget_event_id": event.pk, "restored": restored})
     return event
 

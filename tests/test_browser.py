@@ -1,4 +1,4 @@
-"""The live dashboard in real Chromium, against the production shape: daphne
+"""The live dashboard in real Chromium, against the production shape: uvicorn
 (HTTP + websockets) and a Celery worker with beat as processes, the Redis
 channel layer, PostgreSQL and two real Docker hosts. Screenshots are saved
 under test-artifacts/ for a person to look at."""
@@ -60,8 +60,9 @@ class Services:
 
     def start_web(self) -> None:
         self.web = subprocess.Popen(
-            [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(self.port),
-             "controlplane.asgi:application"], cwd=ROOT, env=service_env(),
+            [sys.executable, "-m", "uvicorn", "controlplane.asgi:application",
+             "--host", "127.0.0.1", "--port", str(self.port), "--ws", "websockets-sansio",
+             "--lifespan", "off"], cwd=ROOT, env=service_env(),
             stdout=(self.tmp / "web.log").open("ab"), stderr=subprocess.STDOUT,
             start_new_session=True)
         deadline = time.monotonic() + 60

@@ -1,6 +1,7 @@
 """The events websocket: session required, Origin checked, team-scoped."""
 from __future__ import annotations
 
+import asyncio
 import time
 
 import pytest
@@ -76,6 +77,75 @@ async def test_viewer_receives_its_team_events_and_outsider_nothing(in_memory_la
     await outsider.disconnect()
 
 
+def event(team_id, n=0):
+    return {"type": "hangar.event", "event": "deployment.scaled", "team_id": team_id,
+            "deployment_id": 7, "payload": {"replicas": n}}
+
+
+async def test_a_team_change_reaches_open_sockets_and_losing_every_team_closes_4403(
+        in_memory_layer, world_async):
+    """Access is re-checked while the socket is open: joining a team starts its
+    events, losing every team closes the socket with 4403 (the page shows
+    "Signed out" and does not reconnect)."""
+    from channels.layers import get_channel_layer
+
+    from deployments.hub import hub
+    from deployments.models import Membership
+
+    layer = get_channel_layer()
+    viewer_user = world_async.users["viewer"]
+    viewer, connected, _ = await connect(viewer_user)
+    assert connected
+    await layer.group_send(team_group(world_async.other_team.pk), event(world_async.other_team.pk))
+    assert await viewer.receive_nothing(timeout=0.3)
+
+    await sync_to_async(Membership.objects.create)(team=world_async.other_team, user=viewer_user,
+                                                   role="viewer")
+    await hub().refresh_access()
+    await layer.group_send(team_group(world_async.other_team.pk),
+                           event(world_async.other_team.pk, 5))
+    assert (await viewer.receive_json_from(timeout=2))["payload"] == {"replicas": 5}
+
+    await sync_to_async(Membership.objects.filter(user=viewer_user).delete)()
+    await hub().refresh_access()
+    assert await viewer.receive_output(timeout=2) == {"type": "websocket.close", "code": 4403}
+    await layer.group_send(team_group(world_async.team.pk), event(world_async.team.pk))
+    assert await viewer.receive_nothing(timeout=0.3)
+
+
+async def test_a_socket_that_falls_behind_is_closed_not_buffered(in_memory_layer, world_async):
+    """More than OUTBOX_SIZE events queued for one socket before it could send
+    any: the backlog is dropped and the socket closed with 1013 (the page
+    reconnects and re-fetches), while a socket that keeps up gets them all."""
+    from deployments.hub import CLOSE_TOO_SLOW, OUTBOX_SIZE, hub
+
+    viewer, connected, _ = await connect(world_async.users["viewer"])
+    assert connected
+    for n in range(OUTBOX_SIZE + 10):  # one loop turn: the writer cannot drain meanwhile
+        hub().dispatch(event(world_async.team.pk, n))
+    assert await viewer.receive_output(timeout=2) == {"type": "websocket.close",
+                                                      "code": CLOSE_TOO_SLOW}
+
+    other, connected, _ = await connect(world_async.users["operator"])
+    assert connected
+    for n in range(OUTBOX_SIZE + 10):
+        hub().dispatch(event(world_async.team.pk, n))
+        await asyncio.sleep(0)  # the writer sends as they come
+    received = [(await other.receive_json_from(timeout=2))["payload"]["replicas"]
+                for _ in range(OUTBOX_SIZE + 10)]
+    assert received == list(range(OUTBOX_SIZE + 10))
+    await other.disconnect()
+
+
+async def test_ping_is_answered(in_memory_layer, world_async):
+    viewer, connected, _ = await connect(world_async.users["viewer"])
+    assert connected
+    await viewer.send_to(text_data="not json")
+    await viewer.send_json_to({"type": "ping"})
+    assert (await viewer.receive_json_from(timeout=2))["event"] == "pong"
+    await viewer.disconnect()
+
+
 @pytest.fixture
 def world_async(transactional_db):
     from .conftest import world as make_world
@@ -87,7 +157,7 @@ async def test_events_through_redis_are_coalesced_per_object(world_async):
     """Real Redis pub/sub layer: a burst for one deployment reaches the browser as
     a few messages, the last one carrying the final state."""
     from channels.layers import channel_layers
-    from django.db import transaction
+    from django.db import connection, transaction
 
     from deployments.events import publish
 
@@ -107,6 +177,7 @@ async def test_events_through_redis_are_coalesced_per_object(world_async):
             publish(team_id, "deployment.health",
                     {"health": "Healthy", "reason": "final", "replicas": 3},
                     deployment_id=deployment_id)
+        connection.close()  # this thread's connection would outlive the test database
 
     await sync_to_async(burst)()
     received = []

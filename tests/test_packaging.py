@@ -16,8 +16,9 @@ SETTINGS_SOURCE = (ROOT / "controlplane" / "settings.py").read_text()
 
 def check_command(argv: list[str]) -> None:
     program = argv[0]
-    if program == "daphne":
-        module, attr = argv[-1].split(":")
+    if program == "uvicorn":
+        module, attr = argv[1].split(":")
+        assert argv[argv.index("--ws") + 1] == "websockets-sansio", argv
         assert hasattr(importlib.import_module(module), attr), argv
     elif program == "celery":
         assert argv[1] == "-A"

@@ -119,7 +119,12 @@ def test_crossing_a_pause_threshold_pauses_and_the_audit_log_names_the_budget(wo
     assert alert.action == "alert" and alert.affected == []
     assert Deployment.objects.get(pk=world.deployment.pk).state == "active"
     spend(world, "2.50")  # 10.51: pause the team's deployments
-    (pause,) = budgets.evaluate(budget)
+    with mock.patch("telemetry.budgets.publish", wraps=budgets.publish) as publish:
+        (pause,) = budgets.evaluate(budget)
+    # The dashboards hear of it (the banner), with what was done.
+    assert mock.call(world.team.pk, "budget.triggered",
+                     {"budget_id": budget.pk, "budget_event_id": pause.pk, "percent": 100,
+                      "action": "pause"}) in publish.call_args_list
     assert pause.percent == 100 and pause.spent_usd == Decimal("10.51")
     for deployment in (world.deployment, other):
         deployment.refresh_from_db()

@@ -1,6 +1,6 @@
 """End to end: the reference agent runs in Docker, is invoked over HTTP, and its
 spans reach Hangar through the real OpenTelemetry exporter and the real web
-server (daphne, the ASGI fast path) on real PostgreSQL; the run appears with
+server (uvicorn, the ASGI fast path) on real PostgreSQL; the run appears with
 the agent's token counts and the cost genai-prices gives for its model."""
 from __future__ import annotations
 
@@ -46,7 +46,7 @@ def free_port() -> int:
 
 @pytest.fixture
 def web(settings, tmp_path: Path):
-    """daphne serving this test database on 127.0.0.1 (the container's host network)."""
+    """uvicorn serving this test database on 127.0.0.1 (the container's host network)."""
     db = connection.settings_dict
     url = (f"postgres://{db['USER']}{':' + db['PASSWORD'] if db['PASSWORD'] else ''}"
            f"@{db['HOST']}:{db['PORT']}/{db['NAME']}")
@@ -54,10 +54,10 @@ def web(settings, tmp_path: Path):
     env.update(DATABASE_URL=url, DJANGO_SETTINGS_MODULE="controlplane.settings",
                HANGAR_LOG_LEVEL="WARNING")
     port = free_port()
-    log = tmp_path / "daphne.log"
+    log = tmp_path / "web.log"
     process = subprocess.Popen(
-        [str(Path(sys.executable).parent / "daphne"), "-b", "127.0.0.1", "-p", str(port),
-         "controlplane.asgi:application"],
+        [sys.executable, "-m", "uvicorn", "controlplane.asgi:application", "--host", "127.0.0.1",
+         "--port", str(port), "--ws", "websockets-sansio", "--lifespan", "off"],
         cwd=ROOT, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT,
         start_new_session=True)
     deadline = time.monotonic() + 60
@@ -68,7 +68,7 @@ def web(settings, tmp_path: Path):
         except requests.ConnectionError:
             pass
         if process.poll() is not None or time.monotonic() > deadline:
-            raise AssertionError("daphne did not start:\n" + log.read_text())
+            raise AssertionError("the web server did not start:\n" + log.read_text())
         time.sleep(0.2)
     settings.HANGAR_OTLP_ENDPOINT = f"http://127.0.0.1:{port}"
     yield port, log

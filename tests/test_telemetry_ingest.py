@@ -119,7 +119,7 @@ def test_otlp_json_per_the_spec(deployment, client):
 
 
 def asgi_post(body: bytes, headers: dict) -> tuple[int, bytes]:
-    """POST /v1/traces through the ASGI fast path (daphne's code path), then close
+    """POST /v1/traces through the ASGI fast path (the web server's code path), then close
     its connections."""
     app = OTLPReceiver(None)
     raw = [(k.lower().encode(), v.encode()) for k, v in headers.items()]

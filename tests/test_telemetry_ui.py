@@ -115,7 +115,7 @@ def test_cost_panel_partial_for_the_deployment_page(world, run):
     today = run.cost_usd + Decimal("1.5")
     assert f'data-testid="cost-today">${today:,.2f}<' in html
     assert reverse("telemetry:run", args=[run.pk]) in html
-    assert 'data-live-events="run.finished cost.tick"' in html
+    assert 'data-live-events="run.finished cost.tick budget.triggered budget.reverted"' in html
     assert f'data-live-deployment="{world.deployment.pk}"' in html
     assert html.count('class="tm-col"') == 14
     response = browser(world, "viewer").get(reverse("telemetry:cost-panel",
