@@ -59,9 +59,58 @@ ROUTES = [
                                           "scope": "deploy"}, "admin", 201),
     ("get-token", "GET", "/tokens/{token}", None, "viewer", 200),
     ("revoke-token", "DELETE", "/tokens/{token}", None, "admin", 200),
+    ("deployment-costs", "GET", "/costs?deployment={deployment}", None, "viewer", 200),
+    ("agent-costs", "GET", "/costs?agent={agent}", None, "viewer", 200),
+    ("team-costs", "GET", "/costs?team={team}", None, "viewer", 200),
+    ("get-run", "GET", "/runs/{run}", None, "viewer", 200),
+    ("get-trace", "GET", "/runs/{run}/trace", None, "viewer", 200),
+    ("create-budget", "POST", "/budgets",
+     {"team_id": "{team}", "name": "monthly", "amount_usd": "10.00",
+      "thresholds": [{"percent": 100, "action": "pause"}]}, "admin", 201),
+    ("get-budget", "GET", "/budgets/{budget}", None, "viewer", 200),
+    ("patch-budget", "PATCH", "/budgets/{budget}", {"amount_usd": "20.00"}, "admin", 200),
+    ("delete-budget", "DELETE", "/budgets/{budget}", None, "admin", 204),
+    ("list-budget-events", "GET", "/budgets/{budget}/events", None, "viewer", 200),
+    ("revert-budget-event", "POST", "/budget-events/{budget_event}/revert", None,
+     "operator", 200),
 ]
 
-LISTS = ["/teams", "/agents", "/targets", "/deployments", "/secrets", "/tokens"]
+LISTS = ["/teams", "/agents", "/targets", "/deployments", "/secrets", "/tokens", "/runs",
+         "/budgets"]
+# Routes checked elsewhere: creating a team (superusers, test_api), the audit log
+# (test_api), log tails and SSE (test_reconciler_local).
+ELSEWHERE = {("POST", "/teams"), ("GET", "/audit"),
+             ("GET", "/deployments/{}/instances/{}/logs")}
+
+
+@pytest.fixture(autouse=True)
+def telemetry_rows(world):
+    """A run, a budget and a budget event in the team, and the same in the
+    outsider's team, so that scoped lookups have something to find or hide."""
+    import uuid
+    from decimal import Decimal
+
+    from django.utils import timezone
+
+    from telemetry.models import Budget, BudgetEvent, Run
+
+    from .factories import DeploymentFactory
+
+    foreign = DeploymentFactory(agent__team=world.other_team, agent__slug="alien")
+    for deployment in (foreign, world.deployment):
+        agent = deployment.agent
+        run = Run.objects.create(team_id=agent.team_id, agent_id=agent.pk,
+                                 deployment_id=deployment.pk, trace_id=uuid.uuid4(),
+                                 name="invoke_agent", status="ok", started_at=timezone.now(),
+                                 root_span_id=1, span_count=1)
+        budget = Budget.objects.create(team_id=agent.team_id, name="ops",
+                                       amount_usd=Decimal("5.00"),
+                                       thresholds=[{"percent": 80, "action": "alert"}])
+        event = BudgetEvent.objects.create(budget=budget, team_id=agent.team_id,
+                                           month=timezone.now().date().replace(day=1),
+                                           percent=80, action="alert",
+                                           amount_usd=Decimal("5.00"), spent_usd=Decimal("4.10"))
+    world.run, world.budget, world.budget_event = run, budget, event
 
 
 def fill(template, world):
@@ -69,7 +118,8 @@ def fill(template, world):
            "spare_version": world.spare_version.pk,
            "target": world.target.pk, "spare_target": world.spare_target.pk,
            "deployment": world.deployment.pk, "secret": world.secret.pk,
-           "token": world.token_row.pk, "member": world.member.pk}
+           "token": world.token_row.pk, "member": world.member.pk, "run": world.run.pk,
+           "budget": world.budget.pk, "budget_event": world.budget_event.pk}
     if isinstance(template, str):
         if template.startswith("{") and template.endswith("}") and template[1:-1] in ids:
             return ids[template[1:-1]]
@@ -108,6 +158,26 @@ def test_route_authorization(world, route, who):
     assert "detail" in response.json() if response.status_code >= 400 else True
     writes = method != "GET" and response.status_code < 300
     assert (AuditEvent.objects.count() > before) == writes
+
+
+def test_every_api_route_is_in_the_matrix():
+    import re
+
+    from controlplane.api import api
+
+    def shape(path):
+        path = re.sub(r"\{[^}]*\}|(?<=/)\d+(?=/|$)", "{}", path.split("?")[0])
+        return path.rstrip("/") or "/"
+
+    routes = set()
+    for prefix, router in api._routers:
+        for path, view in router.path_operations.items():
+            for operation in view.operations:
+                for method in operation.methods:
+                    routes.add((method, shape(f"{prefix}{path}".replace("//", "/"))))
+    covered = {(method, shape(path)) for _, method, path, *_ in ROUTES}
+    covered |= {("GET", shape(path)) for path in LISTS} | ELSEWHERE
+    assert routes - covered == set(), "routes without an authorization test"
 
 
 @pytest.mark.parametrize("path", LISTS)
