@@ -1,6 +1,6 @@
 """Ingest benchmark: OTLP spans per second, end to end, against raw COPY.
 
-Hangar: one real web process (daphne, the production ASGI server) on
+Hangar: one real web process (uvicorn, the production ASGI server) on
 127.0.0.1 against a dedicated PostgreSQL database; several client processes
 send OTLP/HTTP protobuf exports of 100 spans each (traces of an agent: an
 ``invoke_agent`` root, LLM ``chat`` calls with GenAI attributes and token
@@ -8,10 +8,11 @@ usage, tool calls, a retrieval), as fast as it answers. The clock runs from
 the first request until every span is queryable (``count(*)`` on the span
 table), and the web process's peak RSS is read from /proc.
 
-Baseline, in the same run: the same rows (decoded by the same code, outside
-the clock) written with raw psycopg ``COPY`` into the same table (its index
-and run-deriving trigger included), in the same batches (100 rows, one commit
-each, as durable as Hangar's 2xx), from as many processes as there are clients.
+Baseline, in the same run: the same rows (decoded by the same code and
+formatted for binary COPY, as Hangar writes them, outside the clock) written
+with raw psycopg ``COPY`` into the same table (its index and run-deriving
+trigger included), in the same batches (100 rows, one commit each, as durable
+as Hangar's 2xx), from as many processes as there are clients.
 
 The last line is ``spans_per_s=<hangar> ratio=<hangar / raw COPY>``.
 
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import http.client
+import io
 import multiprocessing as mp
 import os
 import random
@@ -183,7 +185,7 @@ def http_client(client: int, count: int, port: int, token: str, barrier, results
     results.put((client, errors, time.process_time() - cpu))
 
 
-def copy_client(client: int, payloads: list[str], barrier, results) -> None:
+def copy_client(client: int, payloads: list[bytes], barrier, results) -> None:
     import psycopg
 
     from telemetry.storage import COPY_SPANS
@@ -275,6 +277,21 @@ def run_clients(target, args_per_client, usage: Usage, ready_timeout=600.0) -> f
     return started
 
 
+def binary_copy_data(cursor, rows: list) -> bytes:
+    """``rows`` as a whole binary COPY stream (header, rows, trailer),
+    formatted by psycopg as Hangar's COPY formats them, sent nowhere."""
+    from psycopg.copy import Copy, FileWriter
+
+    from telemetry.storage import COPY_TYPES
+
+    buffer = io.BytesIO()
+    with Copy(cursor, binary=True, writer=FileWriter(buffer)) as copy:
+        copy.set_types(COPY_TYPES)
+        for row in rows:
+            copy.write_row(row)
+    return buffer.getvalue()
+
+
 def count_spans(deployment_id: int) -> int:
     import psycopg
 
@@ -350,9 +367,11 @@ def make_deployment(slug: str):
 def start_web(port: int) -> subprocess.Popen:
     env = dict(os.environ, **ENV)
     log = open(LOG, "w")  # noqa: SIM115 - the web process keeps writing to it
+    # The production command (Dockerfile), on a free port.
     process = subprocess.Popen(
-        [str(ROOT / ".venv/bin/daphne"), "-b", "127.0.0.1", "-p", str(port),
-         "controlplane.asgi:application"],
+        [str(ROOT / ".venv/bin/python"), "-m", "uvicorn", "controlplane.asgi:application",
+         "--host", "127.0.0.1", "--port", str(port), "--ws", "websockets-sansio",
+         "--lifespan", "off", "--proxy-headers"],
         cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -363,8 +382,8 @@ def start_web(port: int) -> subprocess.Popen:
         except OSError:
             time.sleep(0.2)
         if process.poll() is not None:
-            raise SystemExit("daphne exited:\n" + Path(LOG).read_text()[-3000:])
-    raise SystemExit("daphne did not start")
+            raise SystemExit("the web process exited:\n" + Path(LOG).read_text()[-3000:])
+    raise SystemExit("the web process did not start")
 
 
 def stop_web(process: subprocess.Popen) -> None:
@@ -417,7 +436,7 @@ def main() -> None:
                 assert response.status == 200
         truncate()
         print(f"hangar: {args.clients} clients × {args.requests} exports × "
-              f"{SPANS_PER_REQUEST} spans = {total} spans -> daphne pid {web.pid} "
+              f"{SPANS_PER_REQUEST} spans = {total} spans -> uvicorn pid {web.pid} "
               f"({settings.HANGAR_INGEST_CONNECTIONS} ingest connections)", flush=True)
         usage = Usage(web.pid)
         started = run_clients(http_client, [(c, args.requests, port, deployment.ingest_token)
@@ -436,18 +455,20 @@ def main() -> None:
         stop_web(web)
 
     # Baseline: the same rows, decoded outside the clock, raw COPY into the same table.
+    import psycopg
+
     truncate()
-    source = ingest.Source(deployment_id=deployment.pk, team_id=deployment.agent.team_id,
-                           agent_id=deployment.agent_id, version_id=deployment.version_id,
-                           token_digest=None)
     payloads = []
-    for client in range(args.clients):
-        per_client = []
-        for body in build_all(client, args.requests):
-            batch = ingest.extract(ingest.parse(body, ingest.PROTOBUF),
-                                   max_attribute_bytes=settings.HANGAR_INGEST_MAX_ATTRIBUTE_BYTES)
-            per_client.append(storage.copy_payload(source.deployment_id, batch.rows))
-        payloads.append(per_client)
+    with psycopg.connect(DB_URL) as connection, connection.cursor() as cursor:
+        storage.adapt_for_copy(cursor.adapters)
+        for client in range(args.clients):
+            per_client = []
+            for body in build_all(client, args.requests):
+                batch = ingest.extract(
+                    ingest.parse(body, ingest.PROTOBUF), deployment_id=deployment.pk,
+                    max_attribute_bytes=settings.HANGAR_INGEST_MAX_ATTRIBUTE_BYTES)
+                per_client.append(binary_copy_data(cursor, batch.rows))
+            payloads.append(per_client)
     usage = Usage(None)
     started = run_clients(copy_client, [(c, payloads[c]) for c in range(args.clients)], usage)
     finished = wait_queryable(deployment.pk, total)

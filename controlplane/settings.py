@@ -254,4 +254,8 @@ LOGGING = {
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": env_str("HANGAR_LOG_LEVEL", "INFO")},
+    # uvicorn's per-request access log follows HANGAR_LOG_LEVEL too (WARNING
+    # silences it: at high OTLP request rates it costs ~6 % of throughput).
+    "loggers": {"uvicorn.access": {"level": env_str("HANGAR_LOG_LEVEL", "INFO"),
+                                   "propagate": True}},
 }

@@ -14,8 +14,9 @@ Contract, also in the API docs:
   hex trace and span ids, int64 as strings or numbers) → else 415;
   ``Content-Encoding: gzip`` accepted → else 415.
 * A body over ``HANGAR_INGEST_MAX_BYTES``, before or after decompression → 413.
-* Anything malformed (not the message, bad ids, no start time) → 400 with the
-  reason, and nothing of the request is stored: validation precedes the write.
+* Anything malformed (not the message, bad ids, no start time, a span kind or
+  status code beyond 32767) → 400 with the reason, and nothing of the request
+  is stored: validation precedes the write.
 * The same (trace id, span id) twice in a request keeps the first; a span
   already stored (an exporter retrying) is ignored, so retries never double
   count tokens or cost.
@@ -26,15 +27,16 @@ Contract, also in the API docs:
 """
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import json
 import logging
 import re
 import secrets
-import struct
 import threading
 import time
+import weakref
 import zlib
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -43,13 +45,14 @@ from typing import NamedTuple
 import psycopg
 from django.conf import settings
 from django.db import DatabaseError
-from google.protobuf import json_format
+from google.protobuf import descriptor_pb2, descriptor_pool, json_format, message_factory
 from google.protobuf.message import DecodeError
 from google.protobuf.unknown_fields import UnknownFieldSet
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
     ExportTraceServiceResponse,
 )
+from opentelemetry.proto.common.v1 import common_pb2
 
 from deployments.models import Deployment, Instance
 
@@ -65,17 +68,13 @@ CONTENT_TYPES = {"application/x-protobuf": PROTOBUF, "application/protobuf": PRO
 MAX_NAME = 1024
 MAX_ERROR = 2000
 INT64_MAX = 2**63 - 1
+MAX_ENUM = 2**15 - 1  # span kinds and status codes are stored as smallint
 ZERO_TRACE = bytes(16)
 ZERO_SPAN = bytes(8)
 # Span.flags bits in OTLP: the parent is known to be remote (another process).
 PARENT_IS_REMOTE = 0x300
 # Operations whose usage, if any, aggregates their children's: not counted again.
 AGENT_OPERATIONS = frozenset({"invoke_agent", "create_agent", "execute_tool"})
-GENAI_KEYS = frozenset({
-    "gen_ai.operation.name", "gen_ai.request.model", "gen_ai.response.model",
-    "gen_ai.provider.name", "gen_ai.system", "gen_ai.usage.input_tokens",
-    "gen_ai.usage.output_tokens", *CACHE_READ_KEYS, *CACHE_WRITE_KEYS,
-})
 
 
 # Errors ------------------------------------------------------------------------------
@@ -392,24 +391,27 @@ def _convert_ids(obj: dict, keys: tuple[str, ...]) -> None:
 
 
 class SpanRow(NamedTuple):
-    """One validated span, ready for storage (ids as bytes, times in ns)."""
+    """One validated span: a row of the span table, its fields the table's
+    columns in ``storage.COLUMNS`` order, so that COPY writes it as it is (ids
+    as bytes or signed 64-bit ints, times in ns, None for NULL)."""
 
     trace_id: bytes
     span_id: int
-    parent_id: int | None
     start_ns: int
+    parent_span_id: int | None
+    deployment_id: int
     duration_ns: int
     name: str
     kind: int
-    status: int
+    status_code: int
     instance: str
     model: str | None
     input_tokens: int | None
     output_tokens: int | None
-    cost: Decimal | None
+    cost_usd: Decimal | None
     flags: int
+    error: str | None  # root spans with an error status
     data: bytes
-    error: str
 
 
 @dataclass
@@ -425,8 +427,10 @@ def _clean(text: str, limit: int = MAX_NAME) -> str:
     return text if len(text) <= limit else text[:limit]
 
 
-def extract(request: ExportTraceServiceRequest, *, max_attribute_bytes: int) -> Batch:
-    """Validate every span and build rows; raise Malformed on the first bad span.
+def extract(request: ExportTraceServiceRequest, *, deployment_id: int,
+            max_attribute_bytes: int) -> Batch:
+    """Validate every span and build the rows of ``deployment_id``; raise
+    Malformed on the first bad span.
 
     This runs for every span received, so it reads each field once and skips
     what most spans lack (a status, span flags, GenAI usage).
@@ -477,23 +481,29 @@ def extract(request: ExportTraceServiceRequest, *, max_attribute_bytes: int) -> 
                     name = name.replace("\x00", "")
                 if parent and parent != ZERO_SPAN:
                     parent_id = int.from_bytes(parent, "big", signed=True)
-                    # Span flags (field 16) say whether the parent is remote.
-                    if b"\x85\x01" in data and span.flags & PARENT_IS_REMOTE == PARENT_IS_REMOTE:
+                    # Span flags say whether the parent is remote.
+                    if span.flags & PARENT_IS_REMOTE == PARENT_IS_REMOTE:
                         flags |= FLAG_ROOT
                 else:
                     parent_id = None
                     flags |= FLAG_ROOT
                 status = span.status.code if span.HasField("status") else 0
+                kind = span.kind
+                # Enums are open: any int32 parses. Their columns are smallint
+                # (COPY's binary int2 would silently keep the low 16 bits).
+                if not 0 <= kind <= MAX_ENUM or not 0 <= status <= MAX_ENUM:
+                    raise Malformed(f"span {number}: kind {kind} or status code {status} "
+                                    f"is out of range")
                 model = input_tokens = output_tokens = cost = None
                 if b"gen_ai.usage." in data:
                     model, input_tokens, output_tokens, cost, llm = _genai(data, start)
                     if llm:
                         flags |= FLAG_LLM if cost is not None else FLAG_LLM | FLAG_COST_UNKNOWN
                 append(SpanRow(
-                    trace_id, int.from_bytes(span_id, "big", signed=True), parent_id, start,
-                    end - start if end > start else 0, name, span.kind, status, instance,
-                    model, input_tokens, output_tokens, cost, flags, data,
-                    _error_of(span) if status == 2 and flags & FLAG_ROOT else ""))
+                    trace_id, int.from_bytes(span_id, "big", signed=True), start, parent_id,
+                    deployment_id, end - start if end > start else 0, name, kind, status,
+                    instance, model, input_tokens, output_tokens, cost, flags,
+                    _error_of(span) if status == 2 and flags & FLAG_ROOT else None, data))
     return Batch(rows, duplicates, truncated)
 
 
@@ -518,100 +528,69 @@ def _count(value) -> int:
         return 0
 
 
-# A span attribute (Span field 9: tag 0x4A, entry length) whose KeyValue starts
-# with its key (tag 0x0A, key length, key) and then its value (tag 0x12, length);
-# the common values are matched too: a short string (tag 0x0A, length) or an int
-# (tag 0x18, varint).
+# The GenAI attributes read, by slot; a slot fed by several keys (old and new
+# names of the same count) takes the first key present, in this order.
 _OPERATION, _REQUEST_MODEL, _RESPONSE_MODEL, _PROVIDER, _SYSTEM, _INPUT, _OUTPUT = range(7)
 _CACHE_READ, _CACHE_WRITE = 7, 8
-_SLOTS = {b"gen_ai.operation.name": _OPERATION, b"gen_ai.request.model": _REQUEST_MODEL,
-          b"gen_ai.response.model": _RESPONSE_MODEL, b"gen_ai.provider.name": _PROVIDER,
-          b"gen_ai.system": _SYSTEM, b"gen_ai.usage.input_tokens": _INPUT,
-          b"gen_ai.usage.output_tokens": _OUTPUT,
-          **{key.encode(): _CACHE_READ for key in CACHE_READ_KEYS},
-          **{key.encode(): _CACHE_WRITE for key in CACHE_WRITE_KEYS}}
-_GENAI_ENTRY = re.compile(
-    rb"\x4a([\x80-\xff]?[\x00-\x7f])\x0a([\x00-\x7f])("
-    + b"|".join(re.escape(key) for key in sorted(_SLOTS, key=len, reverse=True))
-    + rb")\x12(?:([\x00-\x7f])(?:\x0a([\x00-\x7f])|\x18([\x80-\xff]{0,9}[\x00-\x7f]))?)?")
+GENAI_KEYS = (("gen_ai.operation.name", _OPERATION), ("gen_ai.request.model", _REQUEST_MODEL),
+              ("gen_ai.response.model", _RESPONSE_MODEL), ("gen_ai.provider.name", _PROVIDER),
+              ("gen_ai.system", _SYSTEM), ("gen_ai.usage.input_tokens", _INPUT),
+              ("gen_ai.usage.output_tokens", _OUTPUT),
+              *((key, _CACHE_READ) for key in CACHE_READ_KEYS),
+              *((key, _CACHE_WRITE) for key in CACHE_WRITE_KEYS))
+_SCALARS = frozenset({"string_value", "int_value", "double_value", "bool_value"})
+
+
+def _span_attributes_class():
+    """A message type that reads only a span's attributes, keyed by name.
+
+    It declares Span's attributes field (9) as ``map<string, AnyValue>``: on the
+    wire a map is exactly a repeated message of (key = 1, value = 2), which is
+    what OTLP's ``repeated KeyValue`` is, so a span's encoding parses as this
+    type too (the other fields are kept as unknown). Looking a few keys up in
+    the map is done by protobuf in C; walking every KeyValue in Python costs
+    ~0.4 µs per attribute, for every attribute of every LLM span.
+    """
+    file = descriptor_pb2.FileDescriptorProto(
+        name="hangar/telemetry/span_attributes.proto", package="hangar.telemetry",
+        syntax="proto3", dependency=[common_pb2.DESCRIPTOR.name])
+    message = file.message_type.add(name="SpanAttributes")
+    entry = message.nested_type.add(name="AttributesEntry")
+    entry.options.map_entry = True
+    optional = descriptor_pb2.FieldDescriptorProto.LABEL_OPTIONAL
+    entry.field.add(name="key", number=1, label=optional,
+                    type=descriptor_pb2.FieldDescriptorProto.TYPE_STRING)
+    entry.field.add(name="value", number=2, label=optional,
+                    type=descriptor_pb2.FieldDescriptorProto.TYPE_MESSAGE,
+                    type_name=".opentelemetry.proto.common.v1.AnyValue")
+    message.field.add(name="attributes", number=9,
+                      label=descriptor_pb2.FieldDescriptorProto.LABEL_REPEATED,
+                      type=descriptor_pb2.FieldDescriptorProto.TYPE_MESSAGE,
+                      type_name=".hangar.telemetry.SpanAttributes.AttributesEntry")
+    pool = descriptor_pool.Default()
+    pool.Add(file)  # adding the same file again (a module reload) is allowed
+    return message_factory.GetMessageClass(
+        pool.FindMessageTypeByName("hangar.telemetry.SpanAttributes"))
+
+
+_SpanAttributes = _span_attributes_class()
 
 
 def genai_values(data: bytes) -> list:
-    """The GenAI attributes of a span (by slot, None when absent), read straight
-    from its wire encoding.
-
-    Going through protobuf objects costs ~2 µs per attribute, for every
-    attribute of every LLM span; one regular-expression pass finds the few keys
-    wanted (and decodes the usual short strings and ints) instead. A match
-    counts only if the framing around it is exactly that of a *span* attribute
-    (field 9, the entry's and the key's lengths matching), so the same key
-    inside an event, a link, a nested list or a string value is not taken.
-    Values that are not a string, int, double or bool are ignored.
-    ``tests/test_telemetry_ingest.py`` checks it against protobuf.
-    """
+    """The GenAI attributes of a span (by slot, None when absent), from its
+    protobuf encoding. Only the span's own attributes count (not its events' or
+    links'); values that are not a string, int, double or bool are ignored; a
+    key repeated in one span (which OTLP forbids) takes its last value, as
+    protobuf does for map keys."""
+    attributes = _SpanAttributes.FromString(data).attributes
     values = [None] * 9
-    size = len(data)
-    for match in _GENAI_ENTRY.finditer(data):
-        header, key_length, key, value_length, text_length, number = match.groups()
-        slot = _SLOTS[key]
-        if values[slot] is not None or len(key) != key_length[0]:
-            continue
-        if value_length is None:  # a value of 128 bytes or more
-            length, body = _wire_varint(data, match.end(3) + 1)
-        else:
-            length, body = value_length[0], match.start(4) + 1
-        end = body + length
-        entry = header[0] if len(header) == 1 else (header[0] & 0x7F) | (header[1] << 7)
-        if entry != end - match.start(2) + 1 or end > size:
-            continue
-        if text_length is not None:
-            start = match.end()
-            if start + text_length[0] == end:
-                try:
-                    values[slot] = data[start:end].decode()
-                except UnicodeDecodeError:
-                    pass
-                continue
-        elif number is not None and match.end() == end:
-            value = shift = 0
-            for byte in number:
-                value |= (byte & 0x7F) << shift
-                shift += 7
-            values[slot] = value - (1 << 64) if value >= 1 << 63 else value
-            continue
-        values[slot] = _wire_any(data, body, end)
+    for key, slot in GENAI_KEYS:
+        if key in attributes and values[slot] is None:
+            value = attributes[key]
+            which = value.WhichOneof("value")
+            if which in _SCALARS:
+                values[slot] = getattr(value, which)
     return values
-
-
-def _wire_varint(data: bytes, pos: int) -> tuple[int, int]:
-    result = shift = 0
-    while True:
-        byte = data[pos]
-        pos += 1
-        result |= (byte & 0x7F) << shift
-        if byte < 0x80:
-            return result, pos
-        shift += 7
-
-
-def _wire_any(data: bytes, pos: int, end: int):
-    if pos >= end:
-        return None
-    tag = data[pos]
-    if tag == 0x0A:  # string_value
-        length, pos = _wire_varint(data, pos + 1)
-        try:
-            return data[pos:pos + length].decode()
-        except UnicodeDecodeError:
-            return None
-    if tag == 0x18:  # int_value (int64, two's complement)
-        value, _ = _wire_varint(data, pos + 1)
-        return value - (1 << 64) if value >= 1 << 63 else value
-    if tag == 0x21:  # double_value
-        return struct.unpack_from("<d", data, pos + 1)[0] if pos + 9 <= end else None
-    if tag == 0x10:  # bool_value
-        return bool(data[pos + 1])
-    return None
 
 
 def _genai(data: bytes, start_ns: int):
@@ -704,11 +683,12 @@ def _limit_value(value, cap: int) -> bool:
 # The whole request -----------------------------------------------------------------------
 
 
-def prepare(body: bytes, fmt: str, content_encoding: str) -> Batch:
+def prepare(body: bytes, fmt: str, content_encoding: str, source: Source) -> Batch:
     raw = decompress(body, content_encoding, settings.HANGAR_INGEST_MAX_BYTES)
     request = parse(raw, fmt)
     del raw
-    return extract(request, max_attribute_bytes=settings.HANGAR_INGEST_MAX_ATTRIBUTE_BYTES)
+    return extract(request, deployment_id=source.deployment_id,
+                   max_attribute_bytes=settings.HANGAR_INGEST_MAX_ATTRIBUTE_BYTES)
 
 
 def _unavailable(exc: Exception) -> Unavailable:
@@ -732,7 +712,7 @@ def handle(body: bytes, *, content_type: str, content_encoding: str,
         return encode_reply(JSON, exc)
     try:
         source = authenticate(authorization)
-        batch = prepare(body, fmt, content_encoding)
+        batch = prepare(body, fmt, content_encoding, source)
         try:
             result = storage.write_spans(source, batch.rows)
         except (DatabaseError, psycopg.Error) as exc:
@@ -747,8 +727,6 @@ async def handle_async(body: bytes, *, content_type: str, content_encoding: str,
                        authorization: str) -> Reply:
     """``handle`` on the event loop: decoding runs inline (it is CPU-bound and
     short), the write goes through ``storage.write_spans_async``."""
-    from asgiref.sync import sync_to_async
-
     from . import storage
 
     try:
@@ -756,11 +734,8 @@ async def handle_async(body: bytes, *, content_type: str, content_encoding: str,
     except IngestError as exc:
         return encode_reply(JSON, exc)
     try:
-        source = cached_source(authorization)
-        if source is None:
-            source = await sync_to_async(_authenticate_and_close, thread_sensitive=False)(
-                authorization)
-        batch = prepare(body, fmt, content_encoding)
+        source = cached_source(authorization) or await _authenticate_once(authorization)
+        batch = prepare(body, fmt, content_encoding, source)
         del body
         try:
             result = await storage.write_spans_async(source, batch.rows)
@@ -770,6 +745,29 @@ async def handle_async(body: bytes, *, content_type: str, content_encoding: str,
     except IngestError as exc:
         return encode_reply(fmt, exc)
     return encode_reply(fmt)
+
+
+_authenticating: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+async def _authenticate_once(authorization: str) -> Source:
+    """``authenticate`` in a worker thread, once for all the exports that arrive
+    with the same token while it runs: after a start, or when the cached source
+    expires, every export in flight would otherwise query the database."""
+    from asgiref.sync import sync_to_async
+
+    loop = asyncio.get_running_loop()
+    pending = _authenticating.setdefault(loop, {})
+    task = pending.get(authorization)
+    if task is None:
+        task = pending[authorization] = loop.create_task(
+            sync_to_async(_authenticate_and_close, thread_sensitive=False)(authorization))
+        task.add_done_callback(lambda _: pending.pop(authorization, None))
+    try:
+        # Shielded: an export whose client goes away does not cancel the others'.
+        return await asyncio.shield(task)
+    except (DatabaseError, psycopg.Error, OSError) as exc:
+        raise _unavailable(exc) from None
 
 
 def _authenticate_and_close(authorization: str) -> Source:

@@ -16,7 +16,7 @@ from django.test import Client
 from genai_prices import Usage, calc_price
 
 from telemetry import ingest, storage
-from telemetry.models import FLAG_COST_UNKNOWN, FLAG_LLM, FLAG_TRUNCATED, Run, Span
+from telemetry.models import FLAG_COST_UNKNOWN, FLAG_LLM, FLAG_ROOT, FLAG_TRUNCATED, Run, Span
 from telemetry.receiver import OTLPReceiver
 
 from .factories import DeploymentFactory
@@ -228,11 +228,162 @@ def test_concurrent_exports_are_committed_together_and_counted_once(settings):
     ingest.forget_sources()
 
 
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_exports_with_a_token_not_cached_authenticate_once(monkeypatch):
+    """After a start (or when the cached deployment expires) the exports in flight
+    with the same token share one database lookup; a wrong token still gets 401."""
+    deployment = DeploymentFactory()
+    token = give_token(deployment)
+    calls = []
+    original = ingest._authenticate_and_close
+
+    def counting(authorization):
+        calls.append(authorization)
+        time.sleep(0.05)  # the lookup is still running when the others arrive
+        return original(authorization)
+
+    monkeypatch.setattr(ingest, "_authenticate_and_close", counting)
+    app = OTLPReceiver(None)
+
+    async def one(authorization: str) -> int:
+        body = export(agent_trace()).SerializeToString()
+        messages = [{"type": "http.request", "body": body, "more_body": False}]
+        sent = []
+
+        async def receive():
+            return messages.pop(0)
+
+        async def send(message):
+            sent.append(message)
+
+        await app({"type": "http", "path": "/v1/traces", "method": "POST", "headers": [
+            (b"content-type", PROTOBUF.encode()), (b"authorization", authorization.encode())]},
+            receive, send)
+        return sent[0]["status"]
+
+    async def post_all():
+        good, bad = f"Bearer {token}", f"Bearer {deployment.pk}.wrong"
+        statuses = await asyncio.gather(*(one(good) for _ in range(5)),
+                                        *(one(bad) for _ in range(3)))
+        await storage.async_pool().close()
+        return statuses
+
+    assert asyncio.run(post_all()) == [200] * 5 + [401] * 3
+    assert sorted(calls) == sorted([f"Bearer {deployment.pk}.wrong", f"Bearer {token}"])
+    assert Run.objects.filter(deployment_id=deployment.pk).count() == 5
+    ingest.forget_sources()
+
+
 def test_spans_are_queryable_right_after_the_answer(deployment, client):
     spans = agent_trace()
     assert post(client, deployment.token, export(spans)).status_code == 200
     assert set(Span.objects.values_list("span_id", flat=True)) == {
         int.from_bytes(s.span_id, "big", signed=True) for s in spans}
+
+
+# Binary COPY: every column, both write paths -----------------------------------------------
+
+
+def test_span_rows_are_the_copy_columns():
+    assert ingest.SpanRow._fields == storage.COLUMNS
+    assert len(storage.COPY_TYPES) == len(storage.COLUMNS)
+
+
+def edge_spans() -> list:
+    """Spans whose columns take the edges of their types: ids with the high bit
+    set (negative as int8), a parentless error root, a priced and an unpriced LLM
+    call, a remote parent, a client span with no end, text needing escapes in
+    COPY's text format, the largest timestamp."""
+    trace_id = b"\xff" + new_trace_id()[1:]
+    start = time.time_ns()
+    root = make_span(trace_id=trace_id, span_id=b"\x80" + bytes(6) + b"\x01",
+                     name="invoke_agent \t\\ü", start_ns=start, duration_ms=1234.567,
+                     error="tool failed: ß\nline 2",
+                     attrs={"gen_ai.operation.name": "invoke_agent"})
+    priced = make_span(trace_id=trace_id, parent=root.span_id, span_id=b"\x7f" + b"\xff" * 7,
+                       name="chat", start_ns=start + 1, kind=3,
+                       attrs=llm_attrs(input_tokens=2**40, output_tokens=3))
+    unpriced = make_span(trace_id=trace_id, parent=root.span_id, name="chat", start_ns=start + 2,
+                         attrs=llm_attrs(model="no-such-model", system="nobody"))
+    remote = make_span(trace_id=new_trace_id(), parent=new_span_id(), name="remote child",
+                       start_ns=start + 3)
+    remote.flags = 0x300
+    endless = make_span(trace_id=new_trace_id(), name="", start_ns=start + 4, kind=5)
+    endless.end_time_unix_nano = 0
+    last = make_span(trace_id=new_trace_id(), name="far", start_ns=2**63 - 10, duration_ms=0)
+    return [root, priced, unpriced, remote, endless, last]
+
+
+def stored_rows(deployment_id: int) -> list[tuple]:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT trace_id, span_id, start_ns, parent_span_id, deployment_id, "
+                       "duration_ns, name, kind, status_code, instance, model, input_tokens, "
+                       "output_tokens, cost_usd, flags, error, data FROM telemetry_span "
+                       "WHERE deployment_id = %s ORDER BY start_ns", [deployment_id])
+        return [(row[0].bytes, *row[1:-1], bytes(row[-1])) for row in cursor.fetchall()]
+
+
+def expected_rows(request, deployment_id: int) -> list[tuple]:
+    batch = ingest.extract(ingest.parse(request.SerializeToString(), ingest.PROTOBUF),
+                           deployment_id=deployment_id, max_attribute_bytes=16384)
+    return sorted((tuple(row) for row in batch.rows), key=lambda row: row[2])
+
+
+def check_stored(request, deployment_id: int) -> None:
+    """What the table holds is what ``extract`` made of ``request``, column for
+    column, and the columns say what the spans say."""
+    rows = stored_rows(deployment_id)
+    assert rows == expected_rows(request, deployment_id)
+    spans = sorted(request.resource_spans[0].scope_spans[0].spans,
+                   key=lambda span: span.start_time_unix_nano)
+    for row, span in zip(rows, spans, strict=True):
+        assert row[0] == span.trace_id
+        assert row[1] == int.from_bytes(span.span_id, "big", signed=True)
+        assert row[2] == span.start_time_unix_nano
+        assert row[6] == span.name and row[7] == span.kind
+        assert row[16] == span.SerializeToString()
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("path", ["django", "asgi"])
+def test_every_column_is_stored_as_extracted(path):
+    """The binary COPY (and, for a retried export, the staging table) writes each
+    value in its column's type: a wrong type name in COPY_TYPES, or rows out of
+    column order, would store other values or fail."""
+    deployment = DeploymentFactory()
+    token = give_token(deployment)
+    headers = {"Content-Type": PROTOBUF, "Authorization": f"Bearer {token}"}
+
+    def send(request) -> int:
+        if path == "asgi":
+            return asgi_post(request.SerializeToString(), headers)[0]
+        return post(Client(), token, request).status_code
+
+    spans = edge_spans()
+    first = export(spans[:4], instance="bot-ü\t1")
+    assert send(first) == 200
+    check_stored(first, deployment.pk)
+    # A retry with new spans: the old ones are skipped, the new ones go through staging.
+    again = export(spans, instance="bot-ü\t1")
+    assert send(again) == 200
+    check_stored(again, deployment.pk)
+    rows = stored_rows(deployment.pk)
+    by_name = {row[6]: row for row in rows}
+    root = by_name["invoke_agent \t\\ü"]
+    assert (root[3], root[5], root[8], root[14]) == (None, 1_234_567_000, 2, FLAG_ROOT)
+    assert root[15] == "tool failed: ß\nline 2" and root[9] == "bot-ü\t1"
+    priced, unpriced = (row for row in rows if row[6] == "chat")
+    assert priced[1] == 2**63 - 1 and priced[3] == root[1]
+    assert (priced[10], priced[11], priced[12], priced[14]) == ("gpt-4o-mini", 2**40, 3, FLAG_LLM)
+    assert priced[13] > 0 and priced[13].as_tuple().exponent == -12
+    assert (unpriced[10], unpriced[13], unpriced[14]) == (
+        "no-such-model", None, FLAG_LLM | FLAG_COST_UNKNOWN)
+    assert by_name["remote child"][14] == FLAG_ROOT
+    assert by_name[""][5] == 0 and by_name["far"][2] == 2**63 - 10
+    run = Run.objects.get(deployment_id=deployment.pk, root_span_id=root[1])
+    assert (run.span_count, run.llm_spans, run.unpriced_spans, run.input_tokens) == (
+        3, 2, 1, 2**40 + 12)
+    ingest.forget_sources()
 
 
 # The error matrix --------------------------------------------------------------------------
@@ -294,6 +445,10 @@ def test_malformed_json_is_400_with_a_reason(deployment, client, document, reaso
     (lambda s: setattr(s, "parent_span_id", b"\x01\x02"), "parentSpanId"),
     (lambda s: setattr(s, "start_time_unix_nano", 0), "startTimeUnixNano"),
     (lambda s: setattr(s, "start_time_unix_nano", 2**64 - 1), "out of range"),
+    # Open enums: any int32 parses, but the columns are smallint.
+    (lambda s: setattr(s, "kind", 70_000), "kind"),
+    (lambda s: setattr(s, "kind", -1), "kind"),
+    (lambda s: setattr(s.status, "code", 40_000), "status code"),
 ])
 def test_one_bad_span_rejects_the_whole_export(deployment, client, mutate, reason):
     """Validation precedes the write: no partial garbage."""
@@ -452,26 +607,30 @@ def test_agent_span_usage_is_not_counted_twice(deployment, client):
     assert (run.input_tokens, run.output_tokens, run.llm_spans) == (10, 1, 1)
 
 
-def test_genai_attributes_read_from_the_wire_match_protobuf():
-    """The byte-level reader of GenAI attributes agrees with protobuf on random spans,
-    including the same keys inside events and values long enough for 2-byte lengths."""
+def test_genai_attributes_read_by_key_match_the_span_attributes():
+    """GenAI attributes looked up by key in a span's encoding (its attributes read
+    as a map) agree with the span's attribute list on random spans: the same keys
+    inside events are not taken, nor values of other types; of two names for the
+    same count, the first listed wins."""
     rng = random.Random(11)
-    keys = sorted(k.decode() for k in ingest._SLOTS) + ["gen_ai.other", "gen_ai.usage.x"]
+    slots = dict(ingest.GENAI_KEYS)
+    keys = sorted(slots) + ["gen_ai.other", "gen_ai.usage.x"]
     for _ in range(1500):
         attrs = {}
         for key in rng.sample(keys, rng.randint(0, len(keys))):
             kind = rng.random()
             attrs[key] = (rng.randint(-5, 10**12) if kind < .4 else
-                          "m" * rng.randint(0, 300) if kind < .8 else
-                          rng.random() if kind < .9 else True)
+                          "m" * rng.randint(0, 300) if kind < .7 else
+                          rng.random() if kind < .8 else True if kind < .9 else
+                          [1, 2] if kind < .95 else b"\x00")
         events = [{"name": "e", "attributes": {"gen_ai.usage.input_tokens": 7}}] \
             if rng.random() < .3 else []
         span = make_span(trace_id=new_trace_id(), attrs=attrs, events=events)
+        found = {kv.key: ingest._value(kv.value) for kv in span.attributes}
         expected = [None] * 9
-        for kv in span.attributes:
-            slot = ingest._SLOTS.get(kv.key.encode())
-            if slot is not None and expected[slot] is None:
-                expected[slot] = ingest._value(kv.value)
+        for key, slot in ingest.GENAI_KEYS:
+            if expected[slot] is None and isinstance(found.get(key), (int, float, str)):
+                expected[slot] = found[key]
         assert ingest.genai_values(span.SerializeToString()) == expected, attrs
 
 
