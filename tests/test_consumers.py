@@ -113,6 +113,24 @@ async def test_a_team_change_reaches_open_sockets_and_losing_every_team_closes_4
     assert await viewer.receive_nothing(timeout=0.3)
 
 
+async def test_a_deactivated_user_is_disconnected(in_memory_layer, world_async):
+    from django.contrib.auth import get_user_model
+
+    from deployments.hub import hub
+
+    viewer, connected, _ = await connect(world_async.users["viewer"])
+    operator, connected2, _ = await connect(world_async.users["operator"])
+    assert connected and connected2
+    await sync_to_async(get_user_model().objects.filter(username="viewer").update)(
+        is_active=False)
+    await hub().refresh_access()
+    assert await viewer.receive_output(timeout=2) == {"type": "websocket.close", "code": 4403}
+    assert await operator.receive_nothing(timeout=0.3)  # still connected, still served
+    hub().dispatch(event(world_async.team.pk, 9))
+    assert (await operator.receive_json_from(timeout=2))["payload"] == {"replicas": 9}
+    await operator.disconnect()
+
+
 async def test_a_socket_that_falls_behind_is_closed_not_buffered(in_memory_layer, world_async):
     """More than OUTBOX_SIZE events queued for one socket before it could send
     any: the backlog is dropped and the socket closed with 1013 (the page

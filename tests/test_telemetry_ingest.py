@@ -118,25 +118,30 @@ def test_otlp_json_per_the_spec(deployment, client):
 # Durability and the fast path --------------------------------------------------------------
 
 
+async def asgi_call(app, body: bytes, headers: dict) -> list[dict]:
+    """One POST /v1/traces through ``app`` as an ASGI server would; the messages sent."""
+    raw = [(k.lower().encode(), v.encode()) for k, v in headers.items()]
+    raw.append((b"content-length", str(len(body)).encode()))
+    messages = [{"type": "http.request", "body": body, "more_body": False}]
+    sent = []
+
+    async def receive():
+        return messages.pop(0)
+
+    async def send(message):
+        sent.append(message)
+
+    await app({"type": "http", "path": "/v1/traces", "method": "POST", "headers": raw},
+              receive, send)
+    return sent
+
+
 def asgi_post(body: bytes, headers: dict) -> tuple[int, bytes]:
     """POST /v1/traces through the ASGI fast path (the web server's code path), then close
     its connections."""
-    app = OTLPReceiver(None)
-    raw = [(k.lower().encode(), v.encode()) for k, v in headers.items()]
-    raw.append((b"content-length", str(len(body)).encode()))
 
     async def call():
-        messages = [{"type": "http.request", "body": body, "more_body": False}]
-        sent = []
-
-        async def receive():
-            return messages.pop(0)
-
-        async def send(message):
-            sent.append(message)
-
-        await app({"type": "http", "path": "/v1/traces", "method": "POST", "headers": raw},
-                  receive, send)
+        sent = await asgi_call(OTLPReceiver(None), body, headers)
         await storage.async_pool().close()
         return sent[0]["status"], sent[1]["body"]
 
@@ -187,8 +192,7 @@ def test_concurrent_exports_are_committed_together_and_counted_once(settings):
     bodies = [export(spans).SerializeToString() for spans in traces]
     bodies.append(bodies[0])  # a retry, concurrent with the original
     app = OTLPReceiver(None)
-    headers = [(b"content-type", PROTOBUF.encode()),
-               (b"authorization", f"Bearer {token}".encode())]
+    headers = {"Content-Type": PROTOBUF, "Authorization": f"Bearer {token}"}
     copies = []
 
     async def post_all():
@@ -202,18 +206,7 @@ def test_concurrent_exports_are_committed_together_and_counted_once(settings):
         writer._copy = counting
 
         async def one(body):
-            messages = [{"type": "http.request", "body": body, "more_body": False}]
-            sent = []
-
-            async def receive():
-                return messages.pop(0)
-
-            async def send(message):
-                sent.append(message)
-
-            await app({"type": "http", "path": "/v1/traces", "method": "POST",
-                       "headers": headers}, receive, send)
-            return sent[0]["status"]
+            return (await asgi_call(app, body, headers))[0]["status"]
 
         statuses = await asyncio.gather(*(one(body) for body in bodies))
         await storage.async_pool().close()
@@ -247,18 +240,8 @@ def test_concurrent_exports_with_a_token_not_cached_authenticate_once(monkeypatc
 
     async def one(authorization: str) -> int:
         body = export(agent_trace()).SerializeToString()
-        messages = [{"type": "http.request", "body": body, "more_body": False}]
-        sent = []
-
-        async def receive():
-            return messages.pop(0)
-
-        async def send(message):
-            sent.append(message)
-
-        await app({"type": "http", "path": "/v1/traces", "method": "POST", "headers": [
-            (b"content-type", PROTOBUF.encode()), (b"authorization", authorization.encode())]},
-            receive, send)
+        sent = await asgi_call(app, body, {"Content-Type": PROTOBUF,
+                                           "Authorization": authorization})
         return sent[0]["status"]
 
     async def post_all():
