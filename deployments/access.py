@@ -86,14 +86,16 @@ def require_role(actor: Actor, team_id: int, needed: str) -> None:
         raise Forbidden(f"This needs the {needed} role in the team; you have {role}.")
 
 
-def readable_team_ids(user_pks) -> dict[int, set[int]]:
+def readable_team_ids(user_pks) -> dict[int, set[int] | None]:
     """Readable team ids per user (session access, no token), for many users
-    at once: inactive or unknown users map to an empty set."""
+    at once: ``None`` for users deactivated or deleted, an empty set for users
+    in no team yet."""
     from django.contrib.auth import get_user_model
 
     users = dict(get_user_model().objects.filter(pk__in=list(user_pks), is_active=True)
                  .values_list("pk", "is_superuser"))
-    readable = {pk: set() for pk in user_pks}
+    readable: dict[int, set[int] | None] = {pk: set() if pk in users else None
+                                            for pk in user_pks}
     if any(users.values()):
         every_team = set(Team.objects.values_list("pk", flat=True))
         for pk, is_superuser in users.items():

@@ -25,30 +25,43 @@ class EventsConsumer(AsyncWebsocketConsumer):
     async def connect(self):
         user = self.scope.get("user")
         if user is None or not user.is_authenticated:
+            # Accept, then close: a close before the handshake reaches the
+            # browser as a failed handshake (1006) and the page would retry.
+            await self.accept()
             await self.close(code=4401)
             return
         self.user_pk = user.pk
         readable = await database_sync_to_async(access.readable_team_ids)([user.pk])
+        if readable[user.pk] is None:
+            await self.accept()
+            await self.close(code=4401)
+            return
         self.team_ids = frozenset(readable[user.pk])
-        await self.accept()
         self.outbox: asyncio.Queue = asyncio.Queue(maxsize=OUTBOX_SIZE)
         self.closing = False
-        self.writer = asyncio.create_task(self._write())
         self.hub = hub()
-        await self.hub.join(self)
+        try:
+            await self.hub.join(self)  # events offered meanwhile wait in the outbox
+            await self.accept()
+        except BaseException:
+            await self.hub.leave(self)
+            raise
+        self.writer = asyncio.create_task(self._write())
         if settings.STANDALONE or not settings.REDIS_URL:
             from .relay import ensure_relay
 
             ensure_relay()
 
     async def disconnect(self, code):
-        if getattr(self, "hub", None) is not None:
-            await self.hub.leave(self)
-        writer = getattr(self, "writer", None)
-        if writer is not None and not writer.done():
-            writer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await writer
+        try:
+            if getattr(self, "hub", None) is not None:
+                await self.hub.leave(self)
+        finally:
+            writer = getattr(self, "writer", None)
+            if writer is not None and not writer.done():
+                writer.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await writer
 
     # Called by the hub, on the event loop, without awaiting.
 

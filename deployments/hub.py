@@ -13,8 +13,9 @@ buffering without bound.
 
 Access is re-checked for every message against the readable teams of each
 socket's user, refreshed for all sockets at once every ``ACCESS_TTL_S`` seconds
-off the delivery path (one query for every user). A user who lost every team,
-or was deactivated, has the socket closed with 4403.
+off the delivery path (one query for every user). A user who lost a team stops
+receiving its events; a user who was deactivated or deleted has the socket
+closed with 4403.
 """
 from __future__ import annotations
 
@@ -68,35 +69,41 @@ class Hub:
         async with self.lock:
             if self.channel is None:
                 self.channel = await self.layer.new_channel("hangar.hub.")
-                _hubs.setdefault(asyncio.get_running_loop(), self)
                 self.tasks = [asyncio.create_task(self._receive_loop()),
                               asyncio.create_task(self._access_loop())]
-            self.subscribers.add(subscriber)
             await self._index(subscriber, subscriber.team_ids, frozenset())
+            self.subscribers.add(subscriber)
 
     async def leave(self, subscriber: Subscriber) -> None:
         async with self.lock:
-            if subscriber in self.subscribers:
+            try:
                 self.subscribers.discard(subscriber)
                 await self._index(subscriber, frozenset(), subscriber.team_ids)
-            if not self.subscribers and self.channel is not None:
-                await self._stop()
+            finally:
+                if not self.subscribers and self.channel is not None:
+                    await self._stop()
 
     async def _index(self, subscriber, added, removed) -> None:
+        """Move ``subscriber`` between teams; join a team's group with its first
+        socket and leave it with its last. The index changes before the awaits
+        so that a failing layer call leaves no socket behind."""
+        gone, new = [], []
         for team_id in removed:
             members = self.by_team.get(team_id)
-            if members is None:
-                continue
-            members.discard(subscriber)
-            if not members:
-                del self.by_team[team_id]
-                await self.layer.group_discard(team_group(team_id), self.channel)
+            if members is not None:
+                members.discard(subscriber)
+                if not members:
+                    del self.by_team[team_id]
+                    gone.append(team_id)
         for team_id in added:
-            members = self.by_team.get(team_id)
-            if members is None:
-                members = self.by_team[team_id] = set()
-                await self.layer.group_add(team_group(team_id), self.channel)
+            members = self.by_team.setdefault(team_id, set())
+            if not members:
+                new.append(team_id)
             members.add(subscriber)
+        for team_id in gone:
+            await self.layer.group_discard(team_group(team_id), self.channel)
+        for team_id in new:
+            await self.layer.group_add(team_group(team_id), self.channel)
 
     async def _stop(self) -> None:
         for task in self.tasks:
@@ -106,9 +113,7 @@ class Hub:
                 await task
         self.tasks = []
         self.channel = None
-        loop = asyncio.get_running_loop()
-        if _hubs.get(loop) is self:
-            del _hubs[loop]
+        self.by_team = {}
 
     # Delivery ------------------------------------------------------------------------------
 
@@ -123,17 +128,16 @@ class Hub:
         return len(members)
 
     async def _receive_loop(self) -> None:
+        # The Redis layer reconnects and re-subscribes by itself after a
+        # restart; receive() only waits meanwhile.
         while True:
-            try:
-                message = await self.layer.receive(self.channel)
-            except asyncio.CancelledError:
-                raise
-            except Exception:  # Redis restarting: the layer reconnects, so do we
-                log.warning("live events: channel layer receive failed; retrying", exc_info=True)
-                await asyncio.sleep(1.0)
+            message = await self.layer.receive(self.channel)
+            if message.get("type") != "hangar.event":
                 continue
-            if message.get("type") == "hangar.event":
+            try:
                 self.dispatch(message)
+            except Exception:  # one malformed event must not end live updates
+                log.exception("live events: cannot deliver %r", message.get("event"))
 
     # Access --------------------------------------------------------------------------------
 
@@ -149,7 +153,8 @@ class Hub:
 
     async def refresh_access(self) -> None:
         """Re-read every socket's readable teams in one query; close the sockets
-        of users who can read nothing any more (their ``leave`` follows)."""
+        of users who were deactivated or deleted (their ``leave`` follows).
+        Group memberships are renewed too (the in-memory layer expires them)."""
         subscribers = tuple(self.subscribers)
         if not subscribers:
             return
@@ -159,16 +164,20 @@ class Hub:
             for subscriber in subscribers:
                 if subscriber not in self.subscribers:
                     continue
-                now = frozenset(readable.get(subscriber.user_pk, ()))
+                now = readable.get(subscriber.user_pk)
                 before = subscriber.team_ids
-                if not now:
+                if now is None:
                     self.subscribers.discard(subscriber)
                     await self._index(subscriber, frozenset(), before)
                     subscriber.revoke(CLOSE_REVOKED)
                     continue
+                now = frozenset(now)
                 if now != before:
                     subscriber.team_ids = now
                     await self._index(subscriber, now - before, before - now)
+            if self.channel is not None:
+                for team_id in self.by_team:
+                    await self.layer.group_add(team_group(team_id), self.channel)
 
 
 _hubs: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
