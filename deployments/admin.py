@@ -122,14 +122,8 @@ class AgentAdmin(AuditedAdmin):
     list_select_related = ["team"]
 
 
-@admin.register(AgentVersion)
-class AgentVersionAdmin(admin.ModelAdmin):
-    """Versions are immutable: viewable here, created through the API or UI."""
-
-    list_display = ["agent", "number", "image", "digest", "created_at", "created_by"]
-    list_filter = ["agent__team", "agent__pattern"]
-    search_fields = ["agent__slug", "image", "digest"]
-    list_select_related = ["agent__team", "created_by"]
+class ReadOnlyAdmin(admin.ModelAdmin):
+    """Records to look at, never to add, change or delete here."""
 
     def has_add_permission(self, request):
         return False
@@ -139,6 +133,16 @@ class AgentVersionAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request, obj=None):
         return False
+
+
+@admin.register(AgentVersion)
+class AgentVersionAdmin(ReadOnlyAdmin):
+    """Versions are immutable: viewable here, created through the API or UI."""
+
+    list_display = ["agent", "number", "image", "digest", "created_at", "created_by"]
+    list_filter = ["agent__team", "agent__pattern"]
+    search_fields = ["agent__slug", "image", "digest"]
+    list_select_related = ["agent__team", "created_by"]
 
 
 class TargetForm(forms.ModelForm):
@@ -297,21 +301,12 @@ class ApiTokenAdmin(admin.ModelAdmin):
 
 
 @admin.register(AuditEvent)
-class AuditEventAdmin(admin.ModelAdmin):
+class AuditEventAdmin(ReadOnlyAdmin):
     list_display = ["at", "actor_label", "action", "object_type", "object_repr", "source",
                     "source_ip"]
     list_filter = ["source", "action", "object_type", "team", "at"]
     search_fields = ["actor_label", "action", "object_repr", "object_id"]
     date_hierarchy = "at"
-
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
 
 
 User = get_user_model()

@@ -5,20 +5,9 @@ from __future__ import annotations
 
 from django.contrib import admin
 
-from deployments.admin import AuditedAdmin
+from deployments.admin import AuditedAdmin, ReadOnlyAdmin
 
 from .models import Budget, BudgetEvent, ComputeCost, Run
-
-
-class ReadOnlyAdmin(admin.ModelAdmin):
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
 
 
 @admin.register(Budget)

@@ -5,8 +5,6 @@ under test-artifacts/ for a person to look at."""
 from __future__ import annotations
 
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,18 +19,13 @@ from deployments.models import Deployment, Membership
 
 from .docker_support import IMAGE, ROOT, start_hosts
 from .factories import AgentFactory, TargetFactory, TeamFactory, UserFactory, VersionFactory
+from .processes import free_port, start_web, stop, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 ARTIFACTS = ROOT / "test-artifacts"
 CHROMIUM = "/usr/bin/chromium"
 FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
          "--disable-component-update", "--disable-sync", "--no-first-run"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def service_env() -> dict:
@@ -59,21 +52,9 @@ class Services:
         return f"http://127.0.0.1:{self.port}"
 
     def start_web(self) -> None:
-        self.web = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "controlplane.asgi:application",
-             "--host", "127.0.0.1", "--port", str(self.port), "--ws", "websockets-sansio",
-             "--lifespan", "off"], cwd=ROOT, env=service_env(),
-            stdout=(self.tmp / "web.log").open("ab"), stderr=subprocess.STDOUT,
-            start_new_session=True)
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if requests.get(f"{self.base}/healthz", timeout=2).status_code == 200:
-                    return
-            except requests.ConnectionError:
-                pass
-            assert time.monotonic() < deadline, (self.tmp / "web.log").read_text()
-            time.sleep(0.2)
+        log = self.tmp / "web.log"
+        self.web = start_web(self.port, service_env(), log)
+        wait_for(f"{self.base}/healthz", self.web, log)
 
     def start_worker(self) -> None:
         self.worker = subprocess.Popen(
@@ -83,15 +64,7 @@ class Services:
             stdout=(self.tmp / "worker.log").open("ab"), stderr=subprocess.STDOUT,
             start_new_session=True)
 
-    @staticmethod
-    def stop(process: subprocess.Popen | None) -> None:
-        if process is not None and process.poll() is None:
-            os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
+    stop = staticmethod(stop)
 
 
 @pytest.fixture

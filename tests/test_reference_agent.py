@@ -11,7 +11,6 @@ import http.server
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import threading
@@ -25,16 +24,12 @@ import pytest
 
 from deployments.runtimes.base import HealthCheck, http_probe
 
+from .processes import free_port
+
 REPO = Path(__file__).resolve().parents[1]
 AGENT = REPO / "agents" / "reference" / "agent.py"
 REDIS_URL = "redis://127.0.0.1:6379/14"
 IMAGE = "hangar/reference-agent:latest"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def clean_env(**extra: str) -> dict[str, str]:

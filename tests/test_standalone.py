@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -13,14 +12,9 @@ from pathlib import Path
 import pytest
 import requests
 
-ROOT = Path(__file__).resolve().parent.parent
+from .processes import ROOT, free_port, stop, wait_for
+
 pytestmark = pytest.mark.slow
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start(data_dir: Path, port: int) -> tuple[subprocess.Popen, Path]:
@@ -32,30 +26,6 @@ def start(data_dir: Path, port: int) -> tuple[subprocess.Popen, Path]:
                                stdout=log.open("w"), stderr=subprocess.STDOUT,
                                start_new_session=True)
     return process, log
-
-
-def stop(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-
-
-def wait_for(url: str, process, log: Path, timeout: float = 180) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError("run command exited early:\n" + log.read_text())
-        try:
-            if requests.get(url, timeout=2).status_code == 200:
-                return
-        except requests.ConnectionError:
-            pass
-        time.sleep(0.5)
-    raise AssertionError("server never answered:\n" + log.read_text())
 
 
 def login(base: str, password: str) -> requests.Session:
@@ -100,7 +70,7 @@ def test_run_command_serves_the_demo_dashboard(tmp_path):
     base = f"http://127.0.0.1:{port}"
     process, log = start(data_dir, port)
     try:
-        wait_for(f"{base}/healthz", process, log)
+        wait_for(f"{base}/healthz", process, log, timeout=180)
         output = log.read_text()
         match = re.search(r"Log in as: admin / (\S+)", output)
         assert match, output
@@ -126,7 +96,7 @@ def test_run_command_serves_the_demo_dashboard(tmp_path):
     # Re-running keeps the account and the data, and seeds nothing twice.
     process, log = start(data_dir, port)
     try:
-        wait_for(f"{base}/healthz", process, log)
+        wait_for(f"{base}/healthz", process, log, timeout=180)
         assert f"Log in as: admin / {password}" in log.read_text()
         session = login(base, password)
         assert session.dashboard.count("demo/demo-assistant@demo</div>") == 1

@@ -5,10 +5,6 @@ the agent's token counts and the cost genai-prices gives for its model."""
 from __future__ import annotations
 
 import os
-import signal
-import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 from unittest import mock
@@ -25,8 +21,9 @@ from deployments.models import Deployment
 from deployments.reconciler import reconcile_deployment
 from telemetry.models import Run, Span
 
-from .docker_support import IMAGE, ROOT, start_hosts
+from .docker_support import IMAGE, start_hosts
 from .factories import AgentFactory, TargetFactory, VersionFactory
+from .processes import free_port, start_web, stop, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
@@ -36,12 +33,6 @@ MODEL = "gpt-4o-mini"
 @pytest.fixture(scope="session")
 def docker_url():
     return start_hosts(2)[0]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture
@@ -55,29 +46,11 @@ def web(settings, tmp_path: Path):
                HANGAR_LOG_LEVEL="WARNING")
     port = free_port()
     log = tmp_path / "web.log"
-    process = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "controlplane.asgi:application", "--host", "127.0.0.1",
-         "--port", str(port), "--ws", "websockets-sansio", "--lifespan", "off"],
-        cwd=ROOT, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT,
-        start_new_session=True)
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            if requests.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200:
-                break
-        except requests.ConnectionError:
-            pass
-        if process.poll() is not None or time.monotonic() > deadline:
-            raise AssertionError("the web server did not start:\n" + log.read_text())
-        time.sleep(0.2)
+    process = start_web(port, env, log)
+    wait_for(f"http://127.0.0.1:{port}/healthz", process, log)
     settings.HANGAR_OTLP_ENDPOINT = f"http://127.0.0.1:{port}"
     yield port, log
-    os.killpg(process.pid, signal.SIGTERM)
-    try:
-        process.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
+    stop(process)
 
 
 @pytest.fixture
