@@ -13,7 +13,7 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 
 from . import access
-from .hub import CLOSE_TOO_SLOW, OUTBOX_SIZE, hub
+from .hub import CLOSE_REVOKED, CLOSE_TOO_SLOW, OUTBOX_SIZE, hub
 
 PONG = '{"event":"pong","deployment_id":null,"payload":{}}'
 
@@ -32,9 +32,9 @@ class EventsConsumer(AsyncWebsocketConsumer):
             return
         self.user_pk = user.pk
         readable = await database_sync_to_async(access.readable_team_ids)([user.pk])
-        if readable[user.pk] is None:
+        if readable[user.pk] is None:  # deactivated meanwhile
             await self.accept()
-            await self.close(code=4401)
+            await self.close(code=CLOSE_REVOKED)
             return
         self.team_ids = frozenset(readable[user.pk])
         self.outbox: asyncio.Queue = asyncio.Queue(maxsize=OUTBOX_SIZE)

@@ -14,6 +14,8 @@ from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
+from telemetry.summary import deployment_series, deployment_summaries
+
 from . import access, actions
 from .audit import Actor
 from .errors import DomainError, Forbidden, Invalid, NotFound
@@ -125,15 +127,6 @@ def agent_list(request: HttpRequest) -> HttpResponse:
 FLEET_QS = Deployment.objects.select_related("agent__team", "target", "version")
 
 
-def telemetry_summary(deployment_ids: list[int]) -> dict[int, dict]:
-    """Runs per minute and cost today per deployment, when telemetry is installed."""
-    try:
-        from telemetry.summary import deployment_summaries
-    except ImportError:
-        return {}
-    return deployment_summaries(deployment_ids)
-
-
 @_scoped
 @require_GET
 def fleet(request: HttpRequest) -> HttpResponse:
@@ -158,7 +151,7 @@ def fleet(request: HttpRequest) -> HttpResponse:
                                          | Q(environment__icontains=q))
     page = Paginator(deployments, 50).get_page(request.GET.get("page"))
     rows = list(page)
-    summaries = telemetry_summary([d.pk for d in rows])
+    summaries = deployment_summaries([d.pk for d in rows])
     for d in rows:
         d.summary = summaries.get(d.pk, {})
     readable_teams = access.readable(actor, Team.objects.all())
@@ -335,12 +328,7 @@ def deployment_metrics(request: HttpRequest, deployment_id: int) -> JsonResponse
                        for s in samples],
         "inflight": [s["inflight"] for s in samples],
     }
-    try:
-        from telemetry.summary import deployment_series
-    except ImportError:
-        pass
-    else:
-        series["runs"] = deployment_series(deployment.pk, since)
+    series["runs"] = deployment_series(deployment.pk, since)
     return JsonResponse(series)
 
 

@@ -51,6 +51,7 @@ COPY_SPANS = f"COPY telemetry_span ({COLUMN_LIST}) FROM STDIN (FORMAT BINARY)"
 # which halves the bytes sent); the test suite reads every column back.
 COPY_TYPES = ("bytea", "int8", "int8", "int8", "int8", "int8", "text", "int2", "int2", "text",
               "text", "int8", "int8", "numeric", "int2", "text", "bytea")
+SAMPLE_RETENTION = timedelta(days=2)
 STAGING = "telemetry_span_incoming"
 
 
@@ -468,7 +469,10 @@ def partitions() -> list[tuple[str, date]]:
 def retention(now: datetime | None = None) -> dict:
     """Create partitions a week ahead, drop span partitions (or rows) older than
     ``HANGAR_SPAN_RETENTION_DAYS``, delete runs and compute cost rows older than
-    ``HANGAR_RUN_RETENTION_DAYS`` in batches."""
+    ``HANGAR_RUN_RETENTION_DAYS`` in batches, and deployment chart samples
+    older than ``SAMPLE_RETENTION``."""
+    from deployments.models import DeploymentSample
+
     from .models import ComputeCost
 
     now = now or timezone.now()
@@ -496,6 +500,9 @@ def retention(now: datetime | None = None) -> dict:
     report["runs_deleted"] = _delete_in_batches(Run.objects.filter(first_seen_at__lt=run_cutoff))
     report["compute_rows_deleted"] = _delete_in_batches(
         ComputeCost.objects.filter(hour__lt=run_cutoff))
+    # Chart samples (one per deployment every few seconds); the charts show an hour.
+    report["samples_deleted"] = _delete_in_batches(
+        DeploymentSample.objects.filter(at__lt=now - SAMPLE_RETENTION))
     return report
 
 
