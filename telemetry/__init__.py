@@ -6,5 +6,7 @@ PostgreSQL), their own retention (partitions dropped whole) and their own
 ingestion endpoint authenticated by a per-deployment ingest token rather than
 by a user. It reads the registry (teams, agents, deployments, instances) and
 acts on it only through ``deployments.actions`` (budget pauses and scale-downs
-are ordinary, audited verbs); nothing in ``deployments`` depends on it.
+are ordinary, audited verbs); ``deployments`` only reads its summaries for
+the fleet and deployment pages (``telemetry.summary``) and cleans up its own
+chart samples through telemetry's hourly retention task.
 """

@@ -37,9 +37,11 @@ def deployment_series(deployment_id: int, since) -> dict:
     from statistics import median
 
     buckets: dict = {}
+    # Complete runs only, newest first: if the cap bites, the oldest minutes go.
     for started, duration, cost in (Run.objects.filter(deployment_id=deployment_id,
-                                                       started_at__gte=since)
-                                    .order_by("started_at")
+                                                       started_at__gte=since,
+                                                       root_span_id__isnull=False)
+                                    .order_by("-started_at")
                                     .values_list("started_at", "duration_ms", "cost_usd")[:20000]):
         minute = started.replace(second=0, microsecond=0)
         bucket = buckets.setdefault(minute, {"n": 0, "durations": [], "cost": 0.0})

@@ -97,7 +97,10 @@ def deployment_runs(request: HttpRequest, deployment_id: int) -> HttpResponse:
     status = request.GET.get("status", "")
     if status in (RunStatus.OK, RunStatus.ERROR):
         runs = runs.filter(status=status)
-    since = parse_datetime(request.GET.get("since", "") or "")
+    try:
+        since = parse_datetime(request.GET.get("since", "") or "")
+    except ValueError:  # well formed but impossible (February 30th): no filter
+        since = None
     if since is not None:
         if timezone.is_naive(since):
             since = timezone.make_aware(since)

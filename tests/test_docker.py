@@ -46,7 +46,10 @@ def containers(clients, deployment_id) -> dict[str, list]:
 
 
 def count(clients, deployment_id) -> int:
-    return sum(len(v) for v in containers(clients, deployment_id).values())
+    # One list call per host, no inspect per container: while a worker is still
+    # converging, a container may vanish between the list and its inspect.
+    label = {"label": f"hangar.deployment={deployment_id}"}
+    return sum(len(c.api.containers(all=True, filters=label)) for c in clients)
 
 
 def converge(deployment, health="Healthy", timeout=90, until=None):

@@ -99,6 +99,10 @@ def test_deployment_runs_page_and_its_partial(world, run):
     assert partial.status_code == 200 and "<html" not in partial.content.decode()
     assert "No runs match." in partial.content.decode()
     assert browser(world, "outsider").get(url).status_code == 404
+    # An impossible date is ignored, not a server error.
+    impossible = viewer.get(url, {"since": "2024-02-30T00:00"})
+    assert impossible.status_code == 200
+    assert reverse("telemetry:run", args=[run.pk]) in impossible.content.decode()
 
 
 def test_cost_panel_partial_for_the_deployment_page(world, run):
