@@ -236,6 +236,9 @@ HANGAR_INGEST_MAX_PENDING = env_int("HANGAR_INGEST_MAX_PENDING", 64, minimum=1)
 HANGAR_SPAN_RETENTION_DAYS = env_int("HANGAR_SPAN_RETENTION_DAYS", 14, minimum=1)
 HANGAR_RUN_RETENTION_DAYS = env_int("HANGAR_RUN_RETENTION_DAYS", 400, minimum=31)
 HANGAR_COST_TICK_SECONDS = env_int("HANGAR_COST_TICK_SECONDS", 60, minimum=5)
+# Budget webhooks go to public addresses only, unless this allows loopback,
+# private and link-local ones (a team admin must not reach internal services).
+HANGAR_WEBHOOK_ALLOW_PRIVATE = env_bool("HANGAR_WEBHOOK_ALLOW_PRIVATE", False)
 
 CELERY_BEAT_SCHEDULE = {
     "sweep": {"task": "deployments.tasks.sweep", "schedule": float(HANGAR_SWEEP_SECONDS)},

@@ -8,15 +8,19 @@ log names the budget. ``revert_budget_event`` puts back what it changed.
 """
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
+import socket
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
+from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 from django.utils import timezone
@@ -260,13 +264,42 @@ def webhook_payload(event: BudgetEvent) -> dict:
     }
 
 
+class WebhookRefused(Exception):
+    """The webhook points at an address Hangar will not call (not retried)."""
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args, **kwargs):
+        return None  # a 3xx is an answer, not somewhere else to post
+
+
+_opener = urllib.request.build_opener(_NoRedirect)
+
+
+def check_destination(url: str) -> None:
+    """Refuse hosts that resolve to loopback, private, link-local or other
+    non-public addresses unless ``HANGAR_WEBHOOK_ALLOW_PRIVATE``."""
+    if settings.HANGAR_WEBHOOK_ALLOW_PRIVATE:
+        return
+    host = urllib.parse.urlsplit(url).hostname or ""
+    try:
+        addresses = {info[4][0] for info in socket.getaddrinfo(host, None)}
+    except OSError as exc:
+        raise WebhookError(f"cannot resolve {host}: {exc}") from None
+    for address in addresses:
+        if not ipaddress.ip_address(address.split("%")[0]).is_global:
+            raise WebhookRefused(f"{host} resolves to {address}, not a public address "
+                                 "(HANGAR_WEBHOOK_ALLOW_PRIVATE allows it)")
+
+
 def post_webhook(event: BudgetEvent, timeout: float = 5.0) -> int:
+    check_destination(event.budget.webhook_url)
     body = json.dumps(webhook_payload(event)).encode()
     request = urllib.request.Request(
         event.budget.webhook_url, data=body, method="POST",
         headers={"Content-Type": "application/json", "User-Agent": "Hangar-Budgets/1"})
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310
+        with _opener.open(request, timeout=timeout) as response:
             code = response.status
     except urllib.error.HTTPError as exc:
         raise WebhookError(f"HTTP {exc.code}") from None

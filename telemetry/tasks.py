@@ -42,7 +42,7 @@ def evaluate_budget(budget_id: int) -> int:
 
 @shared_task(bind=True, ignore_result=True, max_retries=4)
 def send_budget_webhook(self, event_id: int) -> None:
-    from .budgets import WebhookError, post_webhook
+    from .budgets import WebhookError, WebhookRefused, post_webhook
 
     event = BudgetEvent.objects.select_related("budget__team", "budget__agent").filter(
         pk=event_id).first()
@@ -50,6 +50,9 @@ def send_budget_webhook(self, event_id: int) -> None:
         return
     try:
         post_webhook(event)
+    except WebhookRefused as exc:
+        BudgetEvent.objects.filter(pk=event_id).update(webhook_status=f"refused: {exc}"[:200])
+        return
     except WebhookError as exc:
         if self.request.retries >= self.max_retries:
             BudgetEvent.objects.filter(pk=event_id).update(webhook_status=f"failed: {exc}")

@@ -11,6 +11,7 @@ os.environ.setdefault("HANGAR_ENCRYPTION_KEY", "dGVzdC1lbmNyeXB0aW9uLWtleS0zMi1i
 
 from controlplane.settings import *  # noqa: E402,F403
 
+HANGAR_WEBHOOK_ALLOW_PRIVATE = True  # the webhook tests listen on 127.0.0.1
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]  # fast test logins
 STORAGES["staticfiles"]["BACKEND"] = "django.contrib.staticfiles.storage.StaticFilesStorage"  # noqa: F405
 

@@ -293,6 +293,24 @@ def test_alerts_post_to_the_webhook(world, hook, django_capture_on_commit_callba
         assert cursor.fetchone()[0].startswith("fernet:")
 
 
+@pytest.mark.parametrize("url", ["http://127.0.0.1:{port}/hangar", "http://localhost:{port}/x",
+                                 "http://169.254.169.254:{port}/latest/meta-data"])
+def test_webhooks_to_internal_addresses_are_refused(world, hook, settings, url):
+    """A team admin cannot make the worker call loopback, private or cloud
+    metadata addresses (unless the operator allows private addresses)."""
+    settings.HANGAR_WEBHOOK_ALLOW_PRIVATE = False
+    budget = make_budget(world, [{"percent": 50, "action": "alert"}],
+                         webhook_url=url.format(port=hook.server_port))
+    spend(world, "6.00")
+    with mock.patch("telemetry.tasks.send_budget_webhook.delay"):
+        (event,) = budgets.evaluate(budget)
+    tasks.send_budget_webhook.apply(args=(event.pk,))
+    event.refresh_from_db()
+    assert event.webhook_status.startswith("refused: ") and "not a public address" in \
+        event.webhook_status
+    assert Hook.received == []
+
+
 def test_a_failing_webhook_is_retried_then_recorded(world, hook):
     Hook.status = 500
     url = f"http://127.0.0.1:{hook.server_port}/hangar"
