@@ -28,6 +28,7 @@ EVENTS: dict[str, frozenset[str]] = {
     "deployment.health": frozenset({"health", "reason", "replicas"}),
     "deployment.changed": frozenset(),
     "instances": frozenset(),
+    "sample": frozenset(),
     "timeline": frozenset({"reason", "message"}),
     "run.finished": frozenset({"run_id"}),
     "cost.tick": frozenset(),

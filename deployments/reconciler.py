@@ -197,10 +197,11 @@ def reconcile_deployment(deployment_id: int) -> str:
         if deployment is None:
             return "gone"
         run = Pass(deployment)
+        before = _instances_seen(deployment_id)
         try:
             result = Reconciler(run).run()
         finally:
-            _flush(run)
+            _flush(run, before)
     if run.requeue_in is not None:
         from .tasks import reconcile
 
@@ -209,9 +210,17 @@ def reconcile_deployment(deployment_id: int) -> str:
     return result
 
 
-def _flush(run: Pass) -> None:
+def _instances_seen(deployment_id: int) -> list:
+    """What the instance tables show, less CPU and memory (those move every
+    sample and arrive with the ``sample`` event)."""
+    return list(Instance.objects.filter(deployment_id=deployment_id).order_by("name").values_list(
+        "name", "phase", "health", "health_reason", "host", "restarts", "version_id"))
+
+
+def _flush(run: Pass, before: list) -> None:
     d = run.deployment
-    events.publish(d.agent.team_id, "instances", {}, deployment_id=d.pk)
+    if _instances_seen(d.pk) != before:  # an idle pass does not make every page re-fetch
+        events.publish(d.agent.team_id, "instances", {}, deployment_id=d.pk)
     if not run.events:
         return
     with transaction.atomic():
@@ -662,6 +671,7 @@ class Reconciler:
             ready=sum(1 for r in rows if r.health == Health.HEALTHY),
             cpu_percent=total("cpu_percent"), memory_bytes=total("memory_bytes"),
             inflight=total("inflight"))
+        events.publish(d.agent.team_id, "sample", {}, deployment_id=d.pk)  # charts, CPU, memory
 
     def _write_health(self, health: str, reason: str, *, converged: bool = False) -> str:
         d = self.d

@@ -94,6 +94,27 @@ def test_local_replicas_converge_scale_heal_and_readopt(local_deployment):
     assert len(driver.list_instances(d.pk)) == 1
 
 
+def test_only_passes_that_change_instances_tell_the_pages(local_deployment):
+    """The sweep re-runs every deployment every few seconds: a pass that changes
+    nothing a table shows sends no ``instances`` event (open fleet pages would
+    re-fetch for nothing); a pass that does change something sends one."""
+    from unittest import mock
+
+    d = local_deployment
+    converge(d)
+    reconcile_deployment(d.pk)  # settle anything left from the converging pass
+    with mock.patch("deployments.events.publish") as publish:
+        reconcile_deployment(d.pk)
+    assert not [c for c in publish.call_args_list if c.args[1] == "instances"]
+
+    rows = list(Instance.objects.filter(deployment=d))
+    os.killpg(int(rows[0].runtime_id.split(":")[1]), signal.SIGKILL)
+    time.sleep(0.5)
+    with mock.patch("deployments.events.publish") as publish:
+        reconcile_deployment(d.pk)
+    assert [c for c in publish.call_args_list if c.args[1] == "instances"]
+
+
 def test_crash_at_start_ends_degraded_with_bounded_restarts(local_deployment):
     d = local_deployment
     version = VersionFactory(agent=d.agent, command=["python", "agents/reference/agent.py"],
