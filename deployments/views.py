@@ -1,6 +1,7 @@
 """Operator UI: server-rendered pages with htmx partials from the same templates."""
 from __future__ import annotations
 
+from functools import wraps
 from urllib.parse import urlencode
 
 from django.contrib import messages
@@ -50,8 +51,10 @@ def _actor(request: HttpRequest) -> Actor:
 
 
 def _scoped(fn):
-    """Map domain errors raised while fetching to 404/403 pages."""
+    """Log in first; domain lookups that fail become 404/403 pages (also used
+    by the telemetry pages)."""
 
+    @wraps(fn)
     def wrapper(request, *args, **kwargs):
         try:
             return fn(request, *args, **kwargs)
@@ -60,8 +63,6 @@ def _scoped(fn):
         except Forbidden as exc:
             raise PermissionDenied(str(exc.detail)) from None
 
-    wrapper.__name__ = fn.__name__
-    wrapper.__doc__ = fn.__doc__
     return login_required(wrapper)
 
 
@@ -124,15 +125,13 @@ def agent_list(request: HttpRequest) -> HttpResponse:
     return render(request, template, context)
 
 
-FLEET_QS = Deployment.objects.select_related("agent__team", "target", "version")
-
 
 @_scoped
 @require_GET
 def fleet(request: HttpRequest) -> HttpResponse:
     """Every deployment the user can see, live, filterable, paginated."""
     actor = _actor(request)
-    deployments = access.readable(actor, FLEET_QS.all()).annotate(
+    deployments = access.readable(actor, DEPLOYMENT_QS.all()).annotate(
         ready=Count("instances", filter=Q(instances__health="Healthy"))
     ).order_by("agent__team__slug", "agent__slug", "environment", "pk")
     filters = {k: request.GET.get(k, "").strip() for k in ("team", "pattern", "target",

@@ -4,13 +4,10 @@ cost panels when ``run.finished`` / ``cost.tick`` events arrive."""
 from __future__ import annotations
 
 from datetime import timedelta
-from functools import wraps
 
 from django.contrib import messages
-from django.contrib.auth.decorators import login_required
-from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
-from django.http import Http404, HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
@@ -19,33 +16,13 @@ from django.views.decorators.http import require_GET, require_POST
 
 from deployments import access as registry_access
 from deployments.audit import Actor
-from deployments.errors import DomainError, Forbidden, NotFound
+from deployments.errors import DomainError
 from deployments.models import Agent, Deployment, Role, Team
+from deployments.views import DEPLOYMENT_QS, _actor, _scoped
 
 from . import access, budgets, cost, traces
 from .forms import BudgetChangeForm, BudgetForm
 from .models import Budget, BudgetEvent, Run, RunStatus
-
-DEPLOYMENTS = Deployment.objects.select_related("agent__team", "version", "target")
-
-
-def _actor(request: HttpRequest) -> Actor:
-    return Actor.from_request(request, "ui")
-
-
-def _scoped(view):
-    """Log in first; domain lookups that fail become 404 / 403 pages."""
-
-    @wraps(view)
-    def wrapper(request, *args, **kwargs):
-        try:
-            return view(request, *args, **kwargs)
-        except NotFound as exc:
-            raise Http404(str(exc.detail)) from None
-        except Forbidden as exc:
-            raise PermissionDenied(str(exc.detail)) from None
-
-    return login_required(wrapper)
 
 
 def chart(series: list[dict]) -> dict:
@@ -84,7 +61,7 @@ def active_alerts(team_id: int, agent_id: int | None = None) -> list[BudgetEvent
 @_scoped
 @require_GET
 def cost_panel(request: HttpRequest, deployment_id: int) -> HttpResponse:
-    deployment = registry_access.get_for(_actor(request), DEPLOYMENTS, pk=deployment_id)
+    deployment = registry_access.get_for(_actor(request), DEPLOYMENT_QS, pk=deployment_id)
     return render(request, "telemetry/includes/cost_panel.html", {"deployment": deployment})
 
 
@@ -92,7 +69,7 @@ def cost_panel(request: HttpRequest, deployment_id: int) -> HttpResponse:
 @require_GET
 def deployment_runs(request: HttpRequest, deployment_id: int) -> HttpResponse:
     actor = _actor(request)
-    deployment = registry_access.get_for(actor, DEPLOYMENTS, pk=deployment_id)
+    deployment = registry_access.get_for(actor, DEPLOYMENT_QS, pk=deployment_id)
     runs = Run.objects.filter(deployment_id=deployment.pk, root_span_id__isnull=False)
     status = request.GET.get("status", "")
     if status in (RunStatus.OK, RunStatus.ERROR):
@@ -147,7 +124,7 @@ def _team_context(actor: Actor, team: Team, form: BudgetForm | None = None) -> d
     agents = Agent.objects.filter(team=team).order_by("slug")
     spent = cost.totals_by_deployment(month, team_id=team.pk)
     per_deployment = [{"deployment": d, "month": spent.get(d.pk, cost.Totals())}
-                      for d in DEPLOYMENTS.filter(agent__team=team).order_by("agent__slug",
+                      for d in DEPLOYMENT_QS.filter(agent__team=team).order_by("agent__slug",
                                                                              "environment")]
     team_budgets = [{"budget": b, **budgets.status(b, now),
                      "events": list(b.events.select_related("reverted_by")[:10])}
