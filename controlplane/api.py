@@ -1,4 +1,5 @@
-"""The one NinjaAPI: routers mounted, domain errors mapped to status codes once."""
+"""The one NinjaAPI: routers mounted, authentication set and domain errors mapped
+to status codes once."""
 from __future__ import annotations
 
 from django.db import DataError
@@ -10,6 +11,8 @@ from deployments.api import router as deployments_router
 from deployments.errors import DomainError
 from telemetry.api import router as telemetry_router
 
+from .auth import API_AUTH
+
 api = NinjaAPI(
     title="Hangar API",
     version="1",
@@ -17,6 +20,7 @@ api = NinjaAPI(
     "Authenticate with `Authorization: Bearer <token>` (tokens from `POST /tokens`).",
     urls_namespace="api",
     docs_url="/docs",
+    auth=API_AUTH,
 )
 api.add_router("/", deployments_router)
 api.add_router("/", telemetry_router)

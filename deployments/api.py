@@ -8,7 +8,6 @@ from django.db.models import QuerySet
 from django.http import HttpRequest
 from ninja import Query, Router, Schema, Status
 from ninja.pagination import LimitOffsetPagination, paginate
-from ninja.security import APIKeyCookie, HttpBearer
 
 from . import access, actions
 from .audit import Actor
@@ -60,29 +59,8 @@ from .schemas import (
     VersionOut,
 )
 
-
-class BearerToken(HttpBearer):
-    def authenticate(self, request: HttpRequest, token: str) -> Actor | None:
-        api_token = actions.authenticate_token(token)
-        if api_token is None:
-            return None
-        request.user = api_token.user
-        request.api_token = api_token
-        return Actor.from_request(request, "api")
-
-
-class Session(APIKeyCookie):
-    """Session cookie auth for the UI's own calls; CSRF enforced on writes."""
-
-    param_name = "sessionid"
-
-    def authenticate(self, request: HttpRequest, key: str | None) -> Actor | None:
-        if request.user.is_authenticated:
-            return Actor.from_request(request, "api")
-        return None
-
-
-router = Router(auth=[BearerToken(), Session()])
+# Authentication is configured once, on the NinjaAPI (controlplane/auth.py).
+router = Router()
 
 
 def actor_of(request: HttpRequest) -> Actor:

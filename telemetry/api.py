@@ -1,5 +1,5 @@
 """The telemetry REST routes (`/api/v1`): runs and their traces, cost
-summaries, budgets. Same auth and error mapping as the deployments router;
+summaries, budgets. Auth and error mapping come from the one NinjaAPI;
 every fetch is scoped to the caller's teams (outsiders 404, low roles 403).
 """
 from datetime import datetime, timedelta
@@ -12,7 +12,7 @@ from ninja import Query, Router, Schema, Status
 from ninja.pagination import paginate
 
 from deployments import access as registry_access
-from deployments.api import BearerToken, Page, Session, actor_of
+from deployments.api import Page, actor_of
 from deployments.errors import Invalid
 from deployments.models import Agent, Deployment, Role
 from deployments.schemas import Id
@@ -29,7 +29,7 @@ from .schemas import (
     TraceOut,
 )
 
-router = Router(auth=[BearerToken(), Session()])
+router = Router()  # auth: once, on the NinjaAPI
 
 RUNS = Run.objects.filter(root_span_id__isnull=False)
 
