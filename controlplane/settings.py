@@ -131,12 +131,38 @@ if STANDALONE:
     }
 else:
     try:
-        DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=60)}
+        # CONN_MAX_AGE=0: persistent per-thread connections leak under ASGI (every
+        # request runs in a thread of its own); the pool below bounds them instead.
+        DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=0)}
     except ValueError as exc:
         raise ConfigError(f"DATABASE_URL is not a database URL: {exc}") from exc
     if DATABASES["default"]["ENGINE"] != "django.db.backends.postgresql":
         raise ConfigError("DATABASE_URL must be a postgres:// URL (Hangar runs on PostgreSQL)")
-    DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+
+# PostgreSQL connections: one psycopg pool per process (Django's OPTIONS["pool"]),
+# so what a deployment holds is easy to add up (README, "Database connections"):
+#   web processes × (HANGAR_DB_POOL_MAX + HANGAR_INGEST_CONNECTIONS)
+#   + worker processes × HANGAR_WORKER_DB_POOL_MAX  ≤  max_connections − reserve.
+# A request that finds the pool exhausted waits up to HANGAR_DB_POOL_TIMEOUT
+# seconds for a connection to come back, then fails (503 from the API).
+HANGAR_DB_POOL_MIN = env_int("HANGAR_DB_POOL_MIN", 2, minimum=0)
+HANGAR_DB_POOL_MAX = env_int("HANGAR_DB_POOL_MAX", 10, minimum=1)
+HANGAR_DB_POOL_TIMEOUT = env_int("HANGAR_DB_POOL_TIMEOUT", 10, minimum=1)
+# Per Celery worker process (each prefork child, or the one solo/threads process)
+# and per beat: a task runs on one connection at a time.
+HANGAR_WORKER_DB_POOL_MAX = env_int("HANGAR_WORKER_DB_POOL_MAX", 2, minimum=1)
+if HANGAR_DB_POOL_MIN > HANGAR_DB_POOL_MAX:
+    raise ConfigError("HANGAR_DB_POOL_MIN must not exceed HANGAR_DB_POOL_MAX")
+# Keyword arguments of psycopg_pool.ConnectionPool for the web processes; the
+# Celery app swaps in the worker sizes (controlplane/celery.py).
+HANGAR_DB_POOL = {"min_size": HANGAR_DB_POOL_MIN, "max_size": HANGAR_DB_POOL_MAX,
+                  "timeout": float(HANGAR_DB_POOL_TIMEOUT)}
+HANGAR_WORKER_DB_POOL = {"min_size": 0, "max_size": HANGAR_WORKER_DB_POOL_MAX,
+                         "timeout": float(HANGAR_DB_POOL_TIMEOUT)}
+if not STANDALONE:
+    _options = DATABASES["default"].setdefault("OPTIONS", {})
+    _options["pool"] = dict(HANGAR_DB_POOL)
+    _options.setdefault("application_name", "hangar-web")
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
@@ -228,9 +254,14 @@ HANGAR_INGEST_MAX_BYTES = env_int("HANGAR_INGEST_MAX_BYTES", 8 * 1024 * 1024, mi
 # Attribute values (strings, bytes) longer than this are truncated and the span flagged.
 HANGAR_INGEST_MAX_ATTRIBUTE_BYTES = env_int("HANGAR_INGEST_MAX_ATTRIBUTE_BYTES", 16 * 1024,
                                             minimum=256)
-# Database connections per ASGI web process for span ingestion (PostgreSQL); 0 serves
-# /v1/traces through Django's request cycle instead.
+# Database connections per ASGI web process for span ingestion (PostgreSQL): the
+# ingest path's own pool, beside Django's; 0 serves /v1/traces through Django's
+# request cycle (and its pool) instead.
 HANGAR_INGEST_CONNECTIONS = env_int("HANGAR_INGEST_CONNECTIONS", 4, minimum=0)
+# Keyword arguments of psycopg_pool.AsyncConnectionPool for that ingest pool.
+HANGAR_INGEST_POOL = {"min_size": min(1, HANGAR_INGEST_CONNECTIONS),
+                      "max_size": max(1, HANGAR_INGEST_CONNECTIONS),
+                      "timeout": float(HANGAR_DB_POOL_TIMEOUT)}
 # Exports in progress per web process beyond this are refused with 503 (retryable).
 HANGAR_INGEST_MAX_PENDING = env_int("HANGAR_INGEST_MAX_PENDING", 64, minimum=1)
 HANGAR_SPAN_RETENTION_DAYS = env_int("HANGAR_SPAN_RETENTION_DAYS", 14, minimum=1)
