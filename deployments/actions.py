@@ -36,12 +36,16 @@ from .models import (
     Target,
     Team,
 )
+from .patterns import get_pattern
 
 TOKEN_PREFIX = "hgr_"
 
 
-def _validated_save(obj, *, exclude: list[str] | None = None, update_fields=None) -> None:
-    """full_clean then save, turning constraint clashes into 4xx errors."""
+def validated_save(obj, *, exclude: list[str] | None = None, update_fields=None,
+                   conflict: str | None = None) -> None:
+    """full_clean then save, turning validation errors into ``Invalid`` (422) and
+    constraint clashes into ``Conflict`` (409, with ``conflict`` as its message
+    when given). Every app's verbs save through here."""
     try:
         obj.full_clean(exclude=exclude)
     except ValidationError as exc:
@@ -50,9 +54,9 @@ def _validated_save(obj, *, exclude: list[str] | None = None, update_fields=None
         with transaction.atomic():
             obj.save(update_fields=update_fields)
     except IntegrityError as exc:
-        raise Conflict(
-            f"{obj._meta.verbose_name.capitalize()} clashes with an existing one: {exc}"
-        ) from None
+        raise Conflict(conflict or
+                       f"{obj._meta.verbose_name.capitalize()} clashes with an existing one: {exc}"
+                       ) from None
 
 
 def _messages(exc: ValidationError) -> Any:
@@ -61,7 +65,9 @@ def _messages(exc: ValidationError) -> Any:
     return [str(m) for m in exc.messages]
 
 
-def _apply(obj, changes: dict[str, Any], allowed: set[str]) -> list[str]:
+def apply_changes(obj, changes: dict[str, Any], allowed: set[str]) -> list[str]:
+    """Set the ``changes`` that differ on ``obj``; the names of the fields set.
+    A field outside ``allowed`` is refused (422) before anything is set."""
     unknown = set(changes) - allowed
     if unknown:
         raise Invalid(f"These fields cannot be changed: {', '.join(sorted(unknown))}.")
@@ -71,6 +77,11 @@ def _apply(obj, changes: dict[str, Any], allowed: set[str]) -> list[str]:
             setattr(obj, name, value)
             changed.append(name)
     return changed
+
+
+# The names this module's verbs use.
+_validated_save = validated_save
+_apply = apply_changes
 
 
 def schedule_reconcile(deployment_id: int) -> None:
@@ -205,6 +216,8 @@ def create_version(agent: Agent, *, actor: Actor, **spec) -> AgentVersion:
         raise Invalid({"secret_refs": [f"Unknown secret(s): {', '.join(missing)}."]})
     if not spec.get("image") and not spec.get("bundle") and not spec.get("command"):
         raise Invalid({"image": ["Give an image, a bundle or a command to run."]})
+    spec["pattern_settings"] = get_pattern(agent.pattern).validate_settings(
+        spec.get("pattern_settings"))
     number = (agent.versions.aggregate(n=Max("number"))["n"] or 0) + 1
     version = AgentVersion(agent=agent, number=number, created_by=_user(actor), **spec)
     _validated_save(version, exclude=["digest"])

@@ -17,6 +17,12 @@ class Invalid(DomainError):
     default_detail = "Invalid input."
 
 
+class Unprocessable(Invalid):
+    """Well-formed input that a schema refuses (e.g. a pattern's settings)."""
+
+    status = 422
+
+
 class NotFound(DomainError):
     status = 404
     default_detail = "Not found."
