@@ -290,7 +290,7 @@ class ApiTokenAdmin(admin.ModelAdmin):
         token, plaintext = actions.create_token(
             data["team"], user=data["user"], name=data["name"], scope=data["scope"],
             expires_at=data["expires_at"], actor=admin_actor(request))
-        obj.pk = token.pk
+        obj.pk, obj.prefix = token.pk, token.prefix  # the "added" message names hgr_<prefix>_…
         messages.warning(request, f"Copy this token now, it is not shown again: {plaintext}")
 
     @admin.action(description="Revoke selected tokens")
