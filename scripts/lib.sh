@@ -4,15 +4,20 @@ PY=${PYTHON:-python3}
 
 log() { printf '\033[1;34m==>\033[0m %s\n' "$*" >&2; }
 
+# ensure_venv [EXTRAS]: .venv with Hangar installed with EXTRAS (e.g. "test,agent";
+# none by default). One stamp per set of extras, so a run's lighter install never
+# stands in for the test extra and vice versa.
 ensure_venv() {
+  local extras=${1:-}
   if [ ! -x .venv/bin/python ]; then
     log "creating the virtualenv in .venv"
     "$PY" -m venv .venv
   fi
-  local stamp=.venv/.hangar-installed
+  local stamp=".venv/.hangar-installed-${extras:-runtime}"
+  stamp=${stamp//,/-}
   if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
-    log "installing Hangar and its dependencies"
-    .venv/bin/pip install --disable-pip-version-check -q -e ".${HANGAR_EXTRAS:-[test]}"
+    log "installing Hangar and its dependencies${extras:+ (extras: $extras)}"
+    .venv/bin/pip install --disable-pip-version-check -q -e ".${extras:+[$extras]}"
     touch "$stamp"
   fi
 }

@@ -1,6 +1,8 @@
 """The runtime contract, typed per-kind connection settings, and the registry."""
 from __future__ import annotations
 
+import secrets
+import socket
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -10,6 +12,7 @@ from django.utils.module_loading import import_string
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from ..errors import Invalid
+from . import kubeconfig
 
 
 class RuntimeFailure(Exception):
@@ -64,6 +67,13 @@ class KubernetesConnection(ConnectionSettings):
 
     sensitive: ClassVar[frozenset[str]] = frozenset({"kubeconfig", "token"})
 
+    @field_validator("kubeconfig")
+    @classmethod
+    def _self_contained(cls, value: str | None) -> str | None:
+        if value:
+            kubeconfig.parse(value)  # ValueError says why, never quoting the document
+        return value
+
 
 class LocalConnection(ConnectionSettings):
     workdir: str | None = Field(None, description="where process logs and state live")
@@ -97,23 +107,15 @@ def validate_connection(kind: str, data: dict[str, Any] | None) -> dict[str, Any
         parsed = schema.model_validate(data or {})
     except ValidationError as exc:
         raise Invalid({"connection": [
-            f"{'.'.join(str(p) for p in err['loc']) or 'connection'}: {err['msg']}"
+            f"{'.'.join(str(p) for p in err['loc']) or 'connection'}: {error_text(err)}"
             for err in exc.errors()
         ]}) from None
-    data = parsed.model_dump(exclude_none=True)
-    if kind == "kubernetes" and data.get("kubeconfig"):
-        from .kubernetes import check_kubeconfig
+    return parsed.model_dump(exclude_none=True)
 
-        try:
-            import yaml
 
-            document = yaml.safe_load(data["kubeconfig"])
-            if not isinstance(document, dict):
-                raise ValueError("not a kubeconfig document")
-            check_kubeconfig(document)
-        except (RuntimeFailure, ValueError, yaml.YAMLError) as exc:
-            raise Invalid({"connection": [f"kubeconfig: {exc}"]}) from None
-    return data
+def error_text(err) -> str:
+    """A pydantic error's message without its "Value error, " prefix."""
+    return str(err["msg"]).removeprefix("Value error, ")
 
 
 def connection_public_view(kind: str, data: dict[str, Any]) -> dict[str, Any]:
@@ -231,6 +233,28 @@ class ObservedInstance:
     message: str = ""  # e.g. "OOMKilled", "ImagePullBackOff: ..."
     restarts: int = 0  # restarts done by the runtime itself (pods)
     version: str = ""  # from the hangar.version label
+    # The runtime reports a failure that waiting will not cure (an image pull
+    # back-off, a crash loop, an invalid spec); the driver's judge() reads it.
+    failing: bool = False
+
+
+@dataclass(frozen=True)
+class Judgement:
+    """The runtime's own verdict on one instance, from what it observed:
+    "healthy" (e.g. a Ready pod), "degraded" (a failing container, with the
+    runtime's reason), "progressing", or "" (no opinion: probe it)."""
+
+    health: str = ""
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class ManagedNames:
+    """Names for drivers that manage replicas (``features.manages_replicas``)."""
+
+    deployment: str  # the whole deployment's objects
+    template: str  # the instance template
+    instance_env: str  # what HANGAR_INSTANCE is set to (the runtime expands it per replica)
 
 
 @dataclass
@@ -295,7 +319,11 @@ class Runtime:
         raise NotImplementedError
 
     def logs(self, deployment_id: int, name: str, *, tail: int = 100,
-             follow: bool = False) -> Iterator[str]:
+             follow: bool = False) -> Iterator[str | None]:
+        """The last ``tail`` lines; with ``follow``, then new lines until the
+        caller stops iterating. A following driver may yield ``None`` while
+        nothing is logged (an idle tick, about every second) so the caller can
+        stop or send a heartbeat without waiting for the next line."""
         raise NotImplementedError
 
     def usage(self, deployment_id: int, name: str) -> Usage | None:
@@ -313,9 +341,49 @@ class Runtime:
     def delete_deployment(self, deployment_id: int) -> None:
         raise NotImplementedError
 
+    # Knowledge only the driver has ------------------------------------------
+    def judge(self, observed: ObservedInstance) -> Judgement:
+        """Health as the runtime itself sees it. Default: a Docker-style
+        HEALTHCHECK that says unhealthy is degraded; otherwise no opinion."""
+        if observed.runtime_health == "unhealthy":
+            return Judgement("degraded", "container HEALTHCHECK unhealthy")
+        return Judgement()
+
+    def instance_name(self, agent: str) -> str:
+        """A new instance's name (unique per deployment, stable: the runtime
+        object is named after it)."""
+        return f"{agent[:40]}-{secrets.token_hex(3)}"
+
+    def managed_names(self, *, deployment_id: int, agent: str, environment: str) -> ManagedNames:
+        raise NotImplementedError
+
     def allocate_ports(self) -> bool:
         """Whether Hangar must pick a port per replica (host networking)."""
         return True
+
+    def port_space(self) -> str:
+        """Targets with the same port space share one set of ports (e.g. two
+        Docker daemons on one machine, both on its loopback)."""
+        return f"target:{self.target.pk}"
+
+    def port_free(self, port: int) -> bool:
+        """Whether nothing outside Hangar's records listens on ``port`` there."""
+        return True
+
+    def managed_deployment_ids(self) -> set[int]:
+        """Ids of every deployment with objects on this target
+        (``features.lists_orphans``)."""
+        raise NotImplementedError
+
+
+def loopback_port_free(address: str, port: int) -> bool:
+    """For drivers whose instances listen on this machine: try to bind."""
+    with socket.socket() as sock:
+        try:
+            sock.bind((address, port))
+        except OSError:
+            return False
+    return True
 
 
 def http_probe(address: str, health: HealthCheck | None) -> Probe:
@@ -361,6 +429,7 @@ class Features:
     supports_health_probe = False
     pushes_instances = True  # False for edge: devices pull desired state
     manages_replicas = False  # True: apply_deployment() instead of per-instance ensure
+    lists_orphans = False  # managed_deployment_ids() finds objects of deleted deployments
 
 
 def get_driver(target):

@@ -33,6 +33,7 @@ from .base import (
     Runtime,
     RuntimeFailure,
     Usage,
+    loopback_port_free,
 )
 
 # The wrapper runs the command and writes its exit status next to the state.
@@ -46,6 +47,7 @@ class LocalFeatures(Features):
     supports_resource_usage = True
     supports_jobs = True
     supports_health_probe = True
+    lists_orphans = True
 
 
 def _proc_start_time(pid: int) -> str | None:
@@ -77,6 +79,12 @@ class LocalRuntime(Runtime):
             self.root.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise RuntimeFailure(f"work directory {self.root}: {exc}", permanent=True) from None
+
+    def port_space(self) -> str:
+        return "this-machine:127.0.0.1"  # processes listen on this machine's loopback
+
+    def port_free(self, port: int) -> bool:
+        return loopback_port_free("127.0.0.1", port)
 
     def _dir(self, deployment_id: int, name: str) -> Path:
         return self.root / f"deployment-{deployment_id}" / name
@@ -227,19 +235,24 @@ class LocalRuntime(Runtime):
                          started_at=started, finished_at=datetime.now(UTC), timed_out=timed_out)
 
     def logs(self, deployment_id: int, name: str, *, tail: int = 100,
-             follow: bool = False) -> Iterator[str]:
+             follow: bool = False) -> Iterator[str | None]:
         path = self._dir(deployment_id, name) / "output.log"
         if not path.exists():
             raise RuntimeFailure(f"instance {name} has no logs here", permanent=True)
         with path.open("rb") as fh:
             lines = fh.read().decode(errors="replace").splitlines()
             yield from lines[-tail:] if tail else lines
+            idle = 0
             while follow:
                 line = fh.readline()
                 if line:
+                    idle = 0
                     yield line.decode(errors="replace").rstrip("\n")
                 else:
                     time.sleep(0.2)
+                    idle += 1
+                    if idle % 5 == 0:
+                        yield None  # an idle tick: the caller may stop or send a heartbeat
 
     def usage(self, deployment_id: int, name: str) -> Usage | None:
         state = self._read(self._dir(deployment_id, name))
