@@ -147,7 +147,7 @@ def test_invoke_is_deterministic_and_counts_tokens(start_agent):
     agent = start_agent(HANGAR_INSTANCE="ref-1")
     status, first = agent.invoke({"input": "What is the capital of France?", "thread_id": "t-1"})
     assert status == 200
-    assert first["model"] == "offline-echo" and first["instance"] == "ref-1"
+    assert first["model"] == "gpt-4o-mini" and first["instance"] == "ref-1"
     assert first["thread_id"] == "t-1"
     assert first["usage"] == {"input_tokens": 6, "output_tokens": len(first["output"].split())}
     assert first["usage"]["output_tokens"] > 5
@@ -375,7 +375,7 @@ def test_stream_consumes_outputs_and_dead_letters_poison(start_agent, redis_stre
     by_source = {fields["source_id"]: fields for _, fields in outputs}
     assert by_source[good_before[0]]["input"] == "question 0"
     assert by_source[good_before[0]]["instance"] == "consumer-1"
-    assert by_source[good_before[0]]["output"].startswith("[offline-echo] You said: question 0")
+    assert by_source[good_before[0]]["output"].startswith("[gpt-4o-mini] You said: question 0")
 
     dead = wait_for(lambda: r.xrange(f"{prefix}:dead"), timeout=15, what="dead letter")
     assert len(dead) == 1
@@ -495,7 +495,7 @@ def test_reference_image_runs_healthy_in_docker():
         # Traces reach the OTLP endpoint with the GenAI attributes and the token header.
         def exported():
             return [(h, b) for path, h, b in _Collector.received if path == "/v1/traces"
-                    and b"invoke_agent" in b and b"chat offline-echo" in b]
+                    and b"invoke_agent" in b and b"chat gpt-4o-mini" in b]
 
         (headers, payload), *_ = wait_for(exported, timeout=20, what="exported spans")
         assert {k.lower(): v for k, v in headers.items()}["authorization"] == "Bearer test-token"

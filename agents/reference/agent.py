@@ -31,8 +31,9 @@ stream
     (500), ``STREAM_BATCH`` (10), ``STREAM_START_ID`` (0). Also serves /healthz (with
     ``lag``) and /readyz (ready = connected to Redis) on ``PORT``.
 
-Model: ``AGENT_MODEL`` (offline-echo), an offline deterministic function of the input;
-tokens are whitespace-separated words. ``AGENT_TOKEN_DELAY_MS`` paces streaming,
+Model: an offline deterministic function of the input, never a network call, reported
+under the name ``AGENT_MODEL`` (default gpt-4o-mini, a name genai-prices prices, so demo
+runs show real cost figures); tokens are whitespace-separated words. ``AGENT_TOKEN_DELAY_MS`` paces streaming,
 ``AGENT_LATENCY_MS`` adds latency to every invocation.
 
 Tracing: with ``OTEL_EXPORTER_OTLP_ENDPOINT`` set and opentelemetry-sdk plus
@@ -140,7 +141,8 @@ class OfflineModel:
                 f"Reference {digest.hex()[:8]}.")
 
 
-MODEL = OfflineModel(env_str("AGENT_MODEL", "offline-echo"))
+DEFAULT_MODEL = "gpt-4o-mini"  # priced by genai-prices; the answer is still offline
+MODEL = OfflineModel(env_str("AGENT_MODEL", DEFAULT_MODEL))
 
 
 # State and counters ----------------------------------------------------------------

@@ -70,7 +70,7 @@ class Command(BaseCommand):
             version = actions.create_version(
                 agent, actor=actor, image="hangar/reference-agent:latest",
                 command=["python", "agents/reference/agent.py"], port=8080,
-                env={"AGENT_MODE": "realtime", "AGENT_MODEL": "offline-echo"},
+                env={"AGENT_MODE": "realtime", "AGENT_MODEL": "gpt-4o-mini"},
                 health={"path": "/healthz", "ready_path": "/readyz"})
         if not agent.deployments.exists():
             actions.create_deployment(agent, version=version, target=target, actor=actor,
