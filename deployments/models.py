@@ -257,6 +257,18 @@ class Deployment(models.Model):
     health = models.CharField(max_length=16, choices=Health.choices, default=Health.UNKNOWN)
     health_reason = models.CharField(max_length=500, blank=True, default="not reconciled yet")
     ingest_token = EncryptedTextField(blank=True, default="", editable=False)
+    revision = models.ForeignKey(
+        "Revision", null=True, blank=True, on_delete=models.SET_NULL, related_name="+",
+        editable=False, help_text="the revision instances should run (see Revision)",
+    )
+    restarted_at = models.DateTimeField(
+        null=True, blank=True, editable=False,
+        help_text="instances created before this are replaced by a rolling pass",
+    )
+    revision_history_limit = models.PositiveIntegerField(
+        default=10, validators=[MinValueValidator(1), MaxValueValidator(100)],
+        help_text="how many revisions to keep (revisions an instance still runs are kept too)",
+    )
     autoscale_state = models.JSONField(default=dict, blank=True, editable=False)
     reconciled_at = models.DateTimeField(null=True, blank=True, editable=False)
     created_at = models.DateTimeField(default=timezone.now)
@@ -303,6 +315,46 @@ class Deployment(models.Model):
             raise ValidationError(errors)
 
 
+class Revision(models.Model):
+    """An immutable snapshot of what a deployment's instances run: its version's
+    spec plus what is resolved at deploy time (secret fingerprints, never
+    values). Made by ``actions`` whenever that changes; instances point at
+    theirs, so the reconciler replaces exactly the instances whose revision is
+    not the deployment's current one. See ``deployments/revisions.py``.
+    """
+
+    deployment = models.ForeignKey(Deployment, on_delete=models.CASCADE, related_name="revisions")
+    number = models.PositiveIntegerField()
+    version = models.ForeignKey(
+        AgentVersion, null=True, on_delete=models.SET_NULL, related_name="+",
+        help_text="empty once the version is deleted; the spec snapshot stays",
+    )
+    spec = models.JSONField()
+    digest = models.CharField(max_length=71)
+    cause = models.CharField(max_length=200, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+        related_name="+",
+    )
+    actor_label = models.CharField(max_length=150, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["deployment", "number"],
+                                    name="revision_deployment_number_unique")
+        ]
+        ordering = ["deployment", "-number"]
+
+    def __str__(self) -> str:
+        return f"{self.deployment_id} revision {self.number}"
+
+    def save(self, *args, **kwargs):
+        if self.pk is not None and not self._state.adding:
+            raise ImmutableError("revisions are immutable; make a new revision instead")
+        super().save(*args, **kwargs)
+
+
 class InstancePhase(models.TextChoices):
     PENDING = "pending"
     STARTING = "starting"
@@ -322,6 +374,9 @@ class Instance(models.Model):
     name = models.CharField(max_length=100)
     version = models.ForeignKey(
         AgentVersion, null=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    revision = models.ForeignKey(
+        Revision, null=True, blank=True, on_delete=models.SET_NULL, related_name="instances"
     )
     generation = models.PositiveBigIntegerField(default=0)
     runtime_id = models.CharField(max_length=255, blank=True)
