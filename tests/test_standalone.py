@@ -1,10 +1,14 @@
 """The README's run command, started as a newcomer would, serves a logged-in
-dashboard listing the demo agent, with a worker running; re-running is safe."""
+dashboard listing the demo agent, with a worker running; re-running is safe; a
+signal to the script stops everything it started (agents excepted, by design,
+until ``scripts/run stop``); with DATABASE_URL and REDIS_URL it keeps its keys."""
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -16,14 +20,21 @@ from .processes import ROOT, free_port, stop, wait_for
 
 pytestmark = pytest.mark.slow
 
+STOP_WITHIN_S = 20
 
-def start(data_dir: Path, port: int) -> tuple[subprocess.Popen, Path]:
+
+def run_env(data_dir: Path, port: int, **extra: str) -> dict:
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("HANGAR_", "DATABASE_URL", "REDIS_URL", "DJANGO_SETTINGS"))}
-    env.update(HANGAR_DATA_DIR=str(data_dir), HANGAR_PORT=str(port))
+    env.update(HANGAR_DATA_DIR=str(data_dir), HANGAR_PORT=str(port), **extra)
+    return env
+
+
+def start(data_dir: Path, port: int, **extra: str) -> tuple[subprocess.Popen, Path]:
     log = data_dir.parent / f"run-{port}.log"
-    process = subprocess.Popen(["bash", "scripts/run"], cwd=ROOT, env=env,
-                               stdout=log.open("w"), stderr=subprocess.STDOUT,
+    process = subprocess.Popen(["bash", "scripts/run"], cwd=ROOT,
+                               env=run_env(data_dir, port, **extra),
+                               stdout=log.open("a"), stderr=subprocess.STDOUT,
                                start_new_session=True)
     return process, log
 
@@ -40,8 +51,10 @@ def login(base: str, password: str) -> requests.Session:
     return session
 
 
-def login_and_fetch(base: str, password: str) -> str:
-    return login(base, password).dashboard
+def password_from(log: Path) -> str:
+    match = re.search(r"Log in as: admin / (\S+)", log.read_text())
+    assert match, log.read_text()
+    return match.group(1)
 
 
 def wait_healthy(session: requests.Session, base: str, timeout: float = 120) -> dict:
@@ -54,39 +67,137 @@ def wait_healthy(session: requests.Session, base: str, timeout: float = 120) -> 
         time.sleep(1)
 
 
-def kill_local_agents(data_dir: Path) -> None:
-    import json
+def instances_of(session: requests.Session, base: str, deployment_id: int) -> list[dict]:
+    data = session.get(f"{base}/api/v1/deployments/{deployment_id}/instances",
+                       timeout=10).json()
+    return data["items"] if isinstance(data, dict) else data
 
+
+def agent_pids(data_dir: Path) -> set[int]:
+    pids = set()
     for state in data_dir.glob("local-runtime/*/*/state.json"):
         try:
-            os.killpg(json.loads(state.read_text())["pid"], signal.SIGKILL)
-        except (ProcessLookupError, KeyError, ValueError):
+            pids.add(json.loads(state.read_text())["pid"])
+        except (OSError, KeyError, ValueError):
+            pass
+    return pids
+
+
+def kill_local_agents(data_dir: Path) -> None:
+    for pid in agent_pids(data_dir):
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except ProcessLookupError:
             pass
 
 
-def test_run_command_serves_the_demo_dashboard(tmp_path):
+def started_at(pid: int) -> str | None:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def process_tree(pid: int) -> dict[int, str]:
+    """Every descendant of ``pid`` (and itself), with its start time."""
+    found, stack = {}, [pid]
+    while stack:
+        current = stack.pop()
+        start_time = started_at(current)
+        if start_time is None:
+            continue
+        found[current] = start_time
+        for task in Path(f"/proc/{current}/task").glob("*"):
+            try:
+                stack.extend(int(c) for c in (task / "children").read_text().split())
+            except OSError:
+                pass
+    return found
+
+
+def alive(processes: dict[int, str]) -> dict[int, str]:
+    return {pid: t for pid, t in processes.items() if started_at(pid) == t}
+
+
+def wait_gone(processes: dict[int, str], timeout: float = STOP_WITHIN_S) -> dict[int, str]:
+    deadline = time.monotonic() + timeout
+    while alive(processes) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return alive(processes)
+
+
+def port_free(port: int) -> bool:
+    """Nothing listens on it: a server can bind it again (with SO_REUSEADDR,
+    as uvicorn does, so connections in TIME_WAIT do not count)."""
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+            sock.listen()
+        except OSError:
+            return False
+        return True
+
+
+def describe(processes: dict[int, str]) -> list[str]:
+    out = []
+    for pid in processes:
+        try:
+            out.append(f"{pid}: " + Path(f"/proc/{pid}/cmdline").read_bytes()
+                       .replace(b"\0", b" ").decode())
+        except OSError:
+            pass
+    return out
+
+
+def test_run_command_serves_the_demo_dashboard_and_stops_cleanly(tmp_path):
     data_dir = tmp_path / "var"
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     process, log = start(data_dir, port)
     try:
-        wait_for(f"{base}/healthz", process, log, timeout=180)
-        output = log.read_text()
-        match = re.search(r"Log in as: admin / (\S+)", output)
-        assert match, output
-        password = match.group(1)
-        assert f"Hangar is at {base}/" in output
+        wait_for(f"{base}/healthz", process, log, timeout=300)
+        password = password_from(log)
+        assert f"Hangar is at {base}/" in log.read_text()
         session = login(base, password)
         assert "Demo assistant" in session.dashboard and "demo-assistant" in session.dashboard
         assert (data_dir / "hangar.sqlite3").exists()
         # The worker runs the demo agent on the local driver until it is healthy.
         deployment = wait_healthy(session, base)
         assert deployment["health_reason"] == "1 of 1 replicas healthy"
-        instance = session.get(f"{base}/api/v1/deployments/{deployment['id']}/instances",
-                               timeout=10).json()[0]
+        instance = instances_of(session, base, deployment["id"])[0]
         answer = requests.post(f"http://{instance['address']}/invoke", json={"input": "hi"},
                                timeout=10)
         assert answer.status_code == 200
+        # Static files are streamed without Django's sync-iterator warning.
+        assert session.get(f"{base}/static/vendor/htmx.min.js", timeout=10).status_code == 200
+
+        # Two follow streams: one closed by its client, one left open and idle.
+        logs_url = (f"{base}/api/v1/deployments/{deployment['id']}/instances/"
+                    f"{instance['name']}/logs?follow=true&tail=1")
+        closed = session.get(logs_url, stream=True, timeout=10)
+        assert closed.headers["Content-Type"].startswith("text/event-stream")
+        assert next(closed.iter_content(chunk_size=None)).startswith(b": following")
+        closed.close()
+        abandoned = session.get(logs_url, stream=True, timeout=10)
+        assert next(abandoned.iter_content(chunk_size=None)).startswith(b": following")
+
+        # SIGTERM to the script alone (not its process group) stops web, worker
+        # and beat; the agent processes stay to be re-adopted, and it says so.
+        tree = process_tree(process.pid)
+        agents = {pid: t for pid, t in tree.items()
+                  if os.getsid(pid) in agent_pids(data_dir)}
+        services = {pid: t for pid, t in tree.items() if pid not in agents}
+        assert agents and len(services) >= 3, describe(tree)
+        os.kill(process.pid, signal.SIGTERM)
+        process.wait(timeout=STOP_WITHIN_S)
+        left = wait_gone(services)
+        assert not left, describe(left)
+        assert port_free(port)
+        assert "'scripts/run stop' ends them" in log.read_text()
+        assert alive(agents) == agents
+        abandoned.close()
+        assert "must consume synchronous iterators" not in log.read_text()
     except BaseException:
         kill_local_agents(data_dir)
         raise
@@ -102,10 +213,25 @@ def test_run_command_serves_the_demo_dashboard(tmp_path):
         assert session.dashboard.count("demo/demo-assistant@demo</div>") == 1
         # The agent process outlived the restart and was re-adopted, not duplicated.
         deployment = wait_healthy(session, base)
-        instances = session.get(f"{base}/api/v1/deployments/{deployment['id']}/instances",
-                                timeout=10).json()
-        assert [i["name"] for i in instances] == [instance["name"]]
-        assert instances[0]["restarts"] == 0
+        adopted = instances_of(session, base, deployment["id"])
+        assert [i["name"] for i in adopted] == [instance["name"]]
+        assert adopted[0]["restarts"] == 0
+
+        # `scripts/run stop` from another shell ends the server and the agents.
+        tree = process_tree(process.pid)
+        stopper = subprocess.run(["bash", "scripts/run", "stop"], cwd=ROOT,
+                                 env=run_env(data_dir, port), capture_output=True, text=True,
+                                 timeout=120)
+        assert stopper.returncode == 0, stopper.stderr
+        assert "Stopped 1 agent process." in stopper.stdout
+        process.wait(timeout=STOP_WITHIN_S)
+        left = wait_gone(tree)
+        assert not left, describe(left)
+        assert port_free(port)
+        agent_port = int(instance["address"].rsplit(":", 1)[1])
+        assert port_free(agent_port)
+        with pytest.raises(requests.ConnectionError):
+            requests.get(f"http://{instance['address']}/healthz", timeout=5)
     finally:
         stop(process)
         kill_local_agents(data_dir)
