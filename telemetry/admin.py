@@ -1,22 +1,36 @@
-"""Governance of budgets in the admin (audited); runs, budget events and compute
-cost rows are read-only records here. Spans are too many to page through: see
-the run trace pages."""
+"""Governance of budgets in the admin, through the verbs in ``budgets`` (audited,
+evaluated after commit); runs, budget events and compute cost rows are
+read-only records here. Spans are too many to page through: see the run trace
+pages."""
 from __future__ import annotations
 
 from django.contrib import admin
 
-from deployments.admin import AuditedAdmin, ReadOnlyAdmin
+from deployments.admin import ReadOnlyAdmin, VerbAdmin
 
+from . import budgets
 from .models import Budget, BudgetEvent, ComputeCost, Run
 
 
 @admin.register(Budget)
-class BudgetAdmin(AuditedAdmin):
+class BudgetAdmin(VerbAdmin):
     list_display = ("name", "team", "agent", "amount_usd", "enabled", "has_webhook")
     list_filter = ("enabled", "team")
     search_fields = ("name", "team__slug", "agent__slug")
     # The webhook URL may carry a secret: set it through the API or the dashboard.
-    exclude = ("webhook_url",)
+    fields = ("team", "agent", "name", "amount_usd", "thresholds", "enabled")
+    fixed_after_create = ("team", "agent")
+    aliases = {"agent_id": "agent"}
+
+    def create(self, actor, data):
+        return budgets.create_budget(data["team"], agent=data["agent"], actor=actor, **{
+            name: data[name] for name in ("name", "amount_usd", "thresholds", "enabled")})
+
+    def update(self, actor, budget, changes):
+        return budgets.update_budget(budget, actor=actor, **changes)
+
+    def delete(self, actor, budget):
+        budgets.delete_budget(budget, actor=actor)
 
     @admin.display(boolean=True, description="webhook")
     def has_webhook(self, obj):
