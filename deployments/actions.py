@@ -17,7 +17,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import F, Max, ProtectedError
 from django.utils import timezone
 
-from . import audit, events
+from . import audit, effects, events, revisions
 from .audit import Actor
 from .errors import Conflict, Invalid, NotFound
 from .models import (
@@ -44,11 +44,17 @@ TOKEN_PREFIX = "hgr_"
 def validated_save(obj, *, exclude: list[str] | None = None, update_fields=None,
                    conflict: str | None = None) -> None:
     """full_clean then save, turning validation errors into ``Invalid`` (422) and
-    constraint clashes into ``Conflict`` (409, with ``conflict`` as its message
-    when given). Every app's verbs save through here."""
+    clashes with an existing row (a unique field or constraint, found by the
+    check or by the database) into ``Conflict`` (409, with ``conflict`` as its
+    message when given). Every app's verbs save through here."""
     try:
         obj.full_clean(exclude=exclude)
     except ValidationError as exc:
+        if _is_unique_clash(exc):
+            messages = _messages(exc)
+            if isinstance(messages, dict) and set(messages) == {"__all__"}:
+                messages = " ".join(messages["__all__"])
+            raise Conflict(conflict or messages) from None
         raise Invalid(_messages(exc)) from None
     try:
         with transaction.atomic():
@@ -57,6 +63,17 @@ def validated_save(obj, *, exclude: list[str] | None = None, update_fields=None,
         raise Conflict(conflict or
                        f"{obj._meta.verbose_name.capitalize()} clashes with an existing one: {exc}"
                        ) from None
+
+
+UNIQUE_CODES = {"unique", "unique_together"}
+
+
+def _is_unique_clash(exc: ValidationError) -> bool:
+    """Whether every error is a uniqueness clash (Django's ``unique`` codes, also
+    given for a ``UniqueConstraint`` on fields) rather than a bad value."""
+    errors = [e for group in exc.error_dict.values() for e in group] \
+        if hasattr(exc, "error_dict") else list(exc.error_list)
+    return bool(errors) and all(e.code in UNIQUE_CODES for e in errors)
 
 
 def _messages(exc: ValidationError) -> Any:
@@ -85,9 +102,10 @@ _apply = apply_changes
 
 
 def schedule_reconcile(deployment_id: int) -> None:
+    """Reconcile after commit; with the broker down the sweep does it later."""
     from .tasks import reconcile
 
-    transaction.on_commit(lambda: reconcile.delay(deployment_id))
+    effects.enqueue_on_commit(reconcile, deployment_id)
 
 
 # Teams and members ----------------------------------------------------------------
@@ -289,17 +307,55 @@ def delete_target(target: Target, *, actor: Actor) -> None:
 
 SPEC_CHANGES = {"version", "replicas", "state", "autoscale_min", "autoscale_max",
                 "autoscale_signal", "autoscale_target", "rollout_strategy"}
+# Settings that change neither what runs nor how many: no generation, no reconcile.
+SETTING_CHANGES = {"revision_history_limit"}
 
 
-def _check_policy(deployment: Deployment) -> None:
+def _growth(deployment: Deployment, before: dict | None) -> set[str]:
+    """What a change to ``deployment`` adds, compared with ``before`` (its
+    snapshot; ``None`` for a new deployment): ``replicas`` (more of them),
+    ``autoscale`` (autoscaling turned on, or a higher maximum), ``resume`` (back
+    to active) and ``version`` (a new version to roll out). Pausing, stopping,
+    scaling down and turning autoscaling off add nothing."""
+    if before is None:
+        return {"replicas", "autoscale", "resume", "version"}
+    grows = set()
+    if (deployment.replicas or 0) > (before["replicas"] or 0):
+        grows.add("replicas")
+    if deployment.autoscale_signal and (
+            not before["autoscale_signal"]
+            or (deployment.autoscale_max or 0) > (before["autoscale_max"] or 0)):
+        grows.add("autoscale")
+    if deployment.state == DeploymentState.ACTIVE and before["state"] != DeploymentState.ACTIVE:
+        grows.add("resume")
+    if deployment.version_id != before["version_id"]:
+        grows.add("version")
+    return grows
+
+
+def _check_policy(deployment: Deployment, before: dict | None = None) -> None:
+    """Refuse what the team's policy forbids, but only changes that go up.
+
+    An admin may tighten a policy below what a deployment already runs; the way
+    down (pause, stop, scale down, scale to zero, autoscaling off) must stay
+    open then, or a budget's pause could not stop the spending."""
+    grows = _growth(deployment, before)
+    if not grows:
+        return
     policy = _policy(deployment.agent.team_id)
-    ceiling = max(deployment.replicas, deployment.autoscale_max or 0)
-    if ceiling > policy.max_replicas:
-        raise Invalid({"replicas": [
-            f"Team policy allows at most {policy.max_replicas} replicas per deployment."]})
+    limit = f"Team policy allows at most {policy.max_replicas} replicas per deployment."
+    autoscale_max = (deployment.autoscale_max or 0) if deployment.autoscale_signal else 0
+    if "replicas" in grows and (deployment.replicas or 0) > policy.max_replicas:
+        raise Invalid({"replicas": [limit]})
+    if "autoscale" in grows and autoscale_max > policy.max_replicas:
+        raise Invalid({"autoscale_max": [limit]})
+    if "resume" in grows and max(deployment.replicas or 0, autoscale_max) > policy.max_replicas:
+        raise Invalid({"state": [f"{limit} Scale down to resume."]})
     kinds = policy.allowed_target_kinds
     if kinds and deployment.target.kind not in kinds:
-        raise Invalid({"target": [f"Team policy allows only targets of kind: {', '.join(kinds)}."]})
+        raise Invalid({"target": [f"Team policy allows only targets of kind: {', '.join(kinds)}"
+                                  f" (this one is {deployment.target.kind}); it may be scaled "
+                                  "down, paused or stopped, nothing more."]})
 
 
 @transaction.atomic
@@ -318,6 +374,7 @@ def create_deployment(agent: Agent, *, version: AgentVersion, target: Target, ac
     # "<deployment id>.<secret>": /v1/traces finds the deployment, then checks the secret.
     deployment.ingest_token = f"{deployment.pk}.{pysecrets.token_urlsafe(32)}"
     deployment.save(update_fields=["ingest_token"])
+    revisions.record(deployment, actor=actor, cause="created")
     audit.record(actor, "deployment.create", deployment, after=audit.snapshot(deployment))
     schedule_reconcile(deployment.pk)
     return deployment
@@ -325,26 +382,37 @@ def create_deployment(agent: Agent, *, version: AgentVersion, target: Target, ac
 
 @transaction.atomic
 def update_deployment(deployment: Deployment, *, actor: Actor, **changes) -> Deployment:
-    """Change desired state; any spec change bumps ``generation`` and reconciles."""
+    """Change desired state; any spec change bumps ``generation`` and reconciles,
+    and a new version makes a new revision (replicas, state and autoscaling
+    do not: they change how many instances run, not what they run)."""
     deployment = Deployment.objects.select_for_update().select_related(
         "agent", "target").get(pk=deployment.pk)
     before = audit.snapshot(deployment)
     version = changes.get("version")
     if version is not None and version.agent_id != deployment.agent_id:
         raise Invalid({"version": ["This version belongs to another agent."]})
-    changed = _apply(deployment, changes, SPEC_CHANGES)
+    changed = _apply(deployment, changes, SPEC_CHANGES | SETTING_CHANGES)
     if not changed:
         return deployment
-    _check_policy(deployment)
-    deployment.generation = F("generation") + 1
-    _validated_save(deployment, exclude=["generation"],
-                    update_fields=[*changed, "generation", "updated_at"])
+    _check_policy(deployment, before)
+    spec_changed = bool(SPEC_CHANGES.intersection(changed))
+    update_fields = [*changed, "updated_at"]
+    if spec_changed:
+        deployment.generation = F("generation") + 1
+        update_fields.append("generation")
+    _validated_save(deployment, exclude=["generation"], update_fields=update_fields)
     deployment.refresh_from_db()
+    if "version" in changed:
+        revisions.record(deployment, actor=actor, cause=f"version v{deployment.version.number}")
+    elif "revision_history_limit" in changed:
+        revisions.prune(deployment)
     audit.record(actor, _deployment_action(changed, deployment), deployment,
                  before=before, after=audit.snapshot(deployment))
+    if not spec_changed:
+        return deployment
     schedule_reconcile(deployment.pk)
-    events.publish(deployment.agent.team_id, "deployment.changed",
-                   {"replicas": deployment.replicas, "state": deployment.state},
+    events.publish(deployment.agent.team_id,
+                   events.DeploymentChanged(replicas=deployment.replicas, state=deployment.state),
                    deployment_id=deployment.pk)
     return deployment
 
@@ -376,18 +444,18 @@ def delete_deployment(deployment: Deployment, *, actor: Actor) -> None:
         deployment.delete()
     except ProtectedError as exc:
         raise Conflict(str(exc)) from None
-    transaction.on_commit(lambda: teardown.delay(deployment_id, target_ids))
+    # With the broker down, orphan collection removes the instances later.
+    effects.enqueue_on_commit(teardown, deployment_id, target_ids)
 
 
 @transaction.atomic
 def restart_deployment(deployment: Deployment, *, actor: Actor) -> Deployment:
-    """Replace every instance (rolling), like `kubectl rollout restart`."""
+    """Replace every instance (rolling), like `kubectl rollout restart`: instances
+    created before the ``restarted_at`` stamp are replaced; no new revision."""
     deployment = Deployment.objects.select_for_update().get(pk=deployment.pk)
     before = audit.snapshot(deployment)
-    Deployment.objects.filter(pk=deployment.pk).update(generation=F("generation") + 1)
-    from .models import Instance
-
-    Instance.objects.filter(deployment=deployment).update(version=None)
+    Deployment.objects.filter(pk=deployment.pk).update(generation=F("generation") + 1,
+                                                       restarted_at=timezone.now())
     deployment.refresh_from_db()
     audit.record(actor, "deployment.restart", deployment, before=before,
                  after=audit.snapshot(deployment))
@@ -397,22 +465,55 @@ def restart_deployment(deployment: Deployment, *, actor: Actor) -> Deployment:
 
 @transaction.atomic
 def rollback_deployment(deployment: Deployment, *, actor: Actor,
-                        version: AgentVersion | None = None) -> Deployment:
-    """Go back to ``version``, or to the version deployed before the current one."""
+                        revision: int | None = None) -> Deployment:
+    """Re-apply revision number ``revision`` (default: the newest earlier
+    revision that runs something else than the current one). The chosen
+    revision's version is deployed again, with today's secret values, as a new
+    revision; instances still running that spec are kept."""
+    deployment = Deployment.objects.select_for_update(of=("self",)).select_related(
+        "agent", "target", "version", "revision").get(pk=deployment.pk)
+    current = revisions.desired_locked(deployment)
+    if revision is None:
+        chosen = (deployment.revisions.filter(number__lt=current.number)
+                  .exclude(digest=current.digest).order_by("-number").first())
+        if chosen is None:
+            raise Conflict("There is no earlier revision to roll back to.")
+    else:
+        chosen = deployment.revisions.filter(number=revision).first()
+        if chosen is None:
+            kept = list(deployment.revisions.order_by("number").values_list("number", flat=True))
+            raise NotFound(f"Revision {revision} not found; this deployment keeps "
+                           f"revision(s) {revisions.ranges(kept)}.")
+        if chosen.pk == current.pk:
+            raise Conflict(f"Revision {revision} is the current revision.")
+    version = chosen.version
     if version is None:
-        from .models import AuditEvent
-
-        previous = None
-        for event in AuditEvent.objects.filter(object_type="deployment",
-                                               object_id=str(deployment.pk)).order_by("-id"):
-            before = (event.before or {}).get("version_id")
-            if before and before != deployment.version_id:
-                previous = before
-                break
-        version = AgentVersion.objects.filter(pk=previous, agent=deployment.agent).first()
-        if version is None:
-            raise Conflict("There is no earlier version to roll back to.")
-    return update_deployment(deployment, version=version, actor=actor)
+        raise Conflict(f"Revision {chosen.number} ran v{chosen.spec.get('version')}, which has "
+                       "been deleted; it cannot be re-applied.")
+    missing = sorted(set(version.secret_refs or ()) - set(
+        Secret.objects.filter(team_id=deployment.agent.team_id,
+                              name__in=version.secret_refs or ()).values_list("name", flat=True)))
+    if missing:
+        raise Conflict(f"Revision {chosen.number} needs secret(s) that no longer exist: "
+                       f"{', '.join(missing)}.")
+    if revisions.resolve_for(deployment, version)[1] == current.digest:
+        raise Conflict(f"Revision {chosen.number} runs the same spec as the current revision "
+                       f"{current.number}; there is nothing to roll back.")
+    before = audit.snapshot(deployment)
+    deployment.version = version
+    deployment.generation = F("generation") + 1
+    deployment.save(update_fields=["version", "generation", "updated_at"])
+    deployment.refresh_from_db()
+    made = revisions.record(deployment, actor=actor, version=version,
+                            cause=f"rollback to revision {chosen.number}")
+    audit.record(actor, "deployment.rollback", deployment, before=before,
+                 after={**audit.snapshot(deployment), "rolled_back_to": chosen.number,
+                        "revision_number": made.number if made else None})
+    schedule_reconcile(deployment.pk)
+    events.publish(deployment.agent.team_id,
+                   events.DeploymentChanged(replicas=deployment.replicas, state=deployment.state),
+                   deployment_id=deployment.pk)
+    return deployment
 
 
 # Secrets ------------------------------------------------------------------------
@@ -432,7 +533,29 @@ def update_secret(secret: Secret, *, value: str, actor: Actor) -> Secret:
     secret.value = value
     _validated_save(secret, update_fields=["value", "updated_at"])
     audit.record(actor, "secret.update", secret, before=before, after=audit.snapshot(secret))
+    _revise_for_secret(secret, actor=actor)
     return secret
+
+
+def _revise_for_secret(secret: Secret, *, actor: Actor) -> None:
+    """Instances read secret values when they start, so a new value is a new
+    revision of every deployment whose version refers to the secret (rolled
+    out like a new version)."""
+    deployments = (Deployment.objects.select_for_update(of=("self",))
+                   .select_related("agent", "version")
+                   .filter(agent__team_id=secret.team_id).order_by("pk"))
+    for deployment in deployments:
+        if secret.name not in (deployment.version.secret_refs or ()):
+            continue
+        before = audit.snapshot(deployment)
+        if revisions.record(deployment, actor=actor,
+                            cause=f"secret {secret.name} changed") is None:
+            continue
+        Deployment.objects.filter(pk=deployment.pk).update(generation=F("generation") + 1)
+        deployment.refresh_from_db()
+        audit.record(actor, "deployment.update", deployment, before=before,
+                     after=audit.snapshot(deployment))
+        schedule_reconcile(deployment.pk)
 
 
 @transaction.atomic
