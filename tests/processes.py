@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import requests
+from django.db import connection
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -22,12 +23,25 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def database_env(**extra: str) -> dict:
+    """The environment for a server process on this test run's PostgreSQL
+    database (the one pytest-django created) and Redis."""
+    params = connection.get_connection_params()
+    env = dict(os.environ)
+    env.update(
+        DJANGO_SETTINGS_MODULE="tests.settings",
+        DATABASE_URL=f"postgres://{params['user']}@{params['host']}:{params['port']}/"
+                     f"{params['dbname']}",
+        **extra)
+    return env
+
+
 def start_web(port: int, env: dict, log: Path) -> subprocess.Popen:
     """uvicorn serving ``controlplane.asgi`` on 127.0.0.1:``port`` (the
     production command, bound to loopback), in its own process group."""
     return subprocess.Popen(
         [sys.executable, "-m", "uvicorn", "controlplane.asgi:application", "--host", "127.0.0.1",
-         "--port", str(port), "--ws", "websockets-sansio", "--lifespan", "off"],
+         "--port", str(port), "--ws", "websockets-sansio", "--lifespan", "on"],
         cwd=ROOT, env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT,
         start_new_session=True)
 
