@@ -10,9 +10,14 @@ from .models import Deployment, DeploymentState
 
 @shared_task(acks_late=True, ignore_result=True)
 def reconcile(deployment_id: int) -> str:
-    from .reconciler import reconcile_deployment
+    """One pass; the pass says when it wants the next one, the task schedules it."""
+    from .reconciler import reconcile as reconcile_once
 
-    return reconcile_deployment(deployment_id)
+    outcome = reconcile_once(deployment_id)
+    if outcome.requeue_in is not None:
+        reconcile.apply_async((deployment_id,), countdown=outcome.requeue_in,
+                              expires=outcome.requeue_in + 30)
+    return outcome.word
 
 
 @shared_task(ignore_result=True)

@@ -10,6 +10,7 @@ import tempfile
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import docker
 import requests
@@ -30,6 +31,7 @@ from .base import (
     Runtime,
     RuntimeFailure,
     Usage,
+    loopback_port_free,
 )
 
 STOP_TIMEOUT_S = 5
@@ -40,6 +42,7 @@ class DockerFeatures(Features):
     supports_resource_usage = True
     supports_jobs = True
     supports_health_probe = True
+    lists_orphans = True
 
 
 def _parse_time(value: str | None) -> datetime | None:
@@ -108,6 +111,29 @@ class DockerRuntime(Runtime):
 
     def ping(self) -> None:
         self._call("ping", self.client.ping)
+
+    # Ports ------------------------------------------------------------------------
+    @property
+    def on_this_machine(self) -> bool:
+        """A daemon on this machine (unix socket or loopback TCP): its
+        containers' ports are this machine's ports."""
+        if self.url.startswith("unix://"):
+            return True
+        host = urlsplit(self.url).hostname or ""
+        return host in ("localhost", "::1") or host.startswith("127.")
+
+    def port_space(self) -> str:
+        """Ports are published on ``bind_address`` of the daemon's machine, so
+        every daemon on one machine shares one space (the test and bench setups
+        run two daemons on this machine's loopback)."""
+        machine = "this-machine" if self.on_this_machine else urlsplit(self.url).hostname
+        return f"{machine}:{self.bind_address}"
+
+    def port_free(self, port: int) -> bool:
+        # Binding tells something only when the daemon's machine is this one;
+        # for a remote host, Hangar's own records (per port space) decide, and
+        # a clash shows up as a failed start.
+        return loopback_port_free(self.bind_address, port) if self.on_this_machine else True
 
     # Instances ----------------------------------------------------------------
     @staticmethod

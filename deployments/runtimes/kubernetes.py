@@ -28,12 +28,11 @@ from typing import Any
 
 import pydantic
 import urllib3
-import yaml
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException, OpenApiException
 from kubernetes.config.config_exception import ConfigException
 
-from . import k8s_manifests
+from . import k8s_manifests, kubeconfig
 from .base import (
     LABEL_DEPLOYMENT,
     LABEL_GENERATION,
@@ -43,11 +42,14 @@ from .base import (
     HealthCheck,
     InstanceSpec,
     JobResult,
+    Judgement,
     KubernetesConnection,
+    ManagedNames,
     ObservedInstance,
     Probe,
     Runtime,
     RuntimeFailure,
+    error_text,
 )
 from .k8s_manifests import CONTAINER_NAME, Manifest
 
@@ -79,6 +81,33 @@ TRANSIENT_CLIENT_ERRORS = frozenset({408, 409, 425, 429})
 
 POD_PHASES = {"Running": "running", "Succeeded": "exited", "Failed": "failed", "Unknown": "lost"}
 CREATING_REASONS = frozenset({"ContainerCreating", "PodInitializing"})
+# Waiting/terminated reasons that mean "failing, and waiting will not help":
+# CrashLoopBackOff, ImagePullBackOff, ErrImagePull, CreateContainerConfigError,
+# InvalidImageName, OOMKilled, Error, …  (families, as the kubelet names them).
+FAILING_REASON_PARTS = ("BackOff", "Err", "Invalid", "OOM")
+
+
+def _failing_reason(reason: str | None) -> bool:
+    return bool(reason) and any(part in reason for part in FAILING_REASON_PARTS)
+
+
+def _failing(status: Manifest) -> bool:
+    """Whether any container of the pod is failing (see FAILING_REASON_PARTS)."""
+    statuses = (status.get("initContainerStatuses") or []) + (
+        status.get("containerStatuses") or [])
+    for item in statuses:
+        state = item.get("state") or {}
+        waiting = state.get("waiting") or {}
+        terminated = state.get("terminated") or {}
+        last = (item.get("lastState") or {}).get("terminated") or {}
+        if waiting and waiting.get("reason") not in CREATING_REASONS and (
+                _failing_reason(waiting.get("reason")) or last and _failing_reason(
+                    last.get("reason") or "Error")):
+            return True
+        if terminated and terminated.get("exitCode") and _failing_reason(
+                terminated.get("reason") or "Error"):
+            return True
+    return _failing_reason(status.get("reason"))
 
 
 class KubernetesFeatures(Features):
@@ -245,6 +274,7 @@ def observe_pod(pod: Manifest) -> ObservedInstance:
         message=_pod_message(metadata, status, conditions),
         restarts=sum(_int(s.get("restartCount")) for s in statuses),
         version=labels.get(LABEL_VERSION) or "",
+        failing=_failing(status),
     )
 
 
@@ -262,29 +292,12 @@ def _job_outcome(job: Manifest) -> tuple[str | None, Manifest]:
     return None, {}
 
 
-# Kubeconfig entries that make the client run a program or read a file on the
-# control plane. A kubeconfig comes from a team admin: accepting these would
-# let them execute commands here or send a local file (say, the control
-# plane's own service-account token) to a server of their choosing.
-UNSAFE_USER_KEYS = ("exec", "auth-provider", "tokenFile", "client-certificate", "client-key")
-UNSAFE_CLUSTER_KEYS = ("certificate-authority",)
-
-
 def check_kubeconfig(document: Manifest) -> None:
-    """Refuse kubeconfigs that are not self-contained (see UNSAFE_*_KEYS)."""
-    for section, field, unsafe in (("users", "user", UNSAFE_USER_KEYS),
-                                   ("clusters", "cluster", UNSAFE_CLUSTER_KEYS)):
-        for entry in document.get(section) or []:
-            if not isinstance(entry, dict):
-                continue
-            settings = entry.get(field) or {}
-            found = [key for key in unsafe if isinstance(settings, dict) and settings.get(key)]
-            if found:
-                raise RuntimeFailure(
-                    f"kubeconfig {field} {entry.get('name')!r} uses {', '.join(found)}; "
-                    "only inline credentials (token, *-data) are accepted",
-                    permanent=True,
-                )
+    """Refuse kubeconfigs that are not self-contained (see ``kubeconfig.check``)."""
+    try:
+        kubeconfig.check(document)
+    except ValueError as exc:
+        raise RuntimeFailure(str(exc), permanent=True) from None
 
 
 class KubernetesRuntime(Runtime):
@@ -306,7 +319,9 @@ class KubernetesRuntime(Runtime):
         try:
             self.settings = KubernetesConnection.model_validate(self.connection or {})
         except pydantic.ValidationError as exc:
-            fields = ", ".join(".".join(str(p) for p in e["loc"]) for e in exc.errors())
+            # Messages only: pydantic's "input" would echo a token.
+            fields = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {error_text(e)}"
+                               for e in exc.errors())
             raise RuntimeFailure(
                 f"invalid Kubernetes connection settings: {fields}", permanent=True
             ) from None
@@ -325,17 +340,9 @@ class KubernetesRuntime(Runtime):
         settings = self.settings
         if settings.kubeconfig:
             try:
-                document = yaml.safe_load(settings.kubeconfig)
-            except yaml.YAMLError as exc:
-                # The YAML error quotes the offending line, which may hold a token.
-                mark = getattr(exc, "problem_mark", None)
-                where = f" (line {mark.line + 1})" if mark is not None else ""
-                raise RuntimeFailure(
-                    f"the kubeconfig is not valid YAML{where}", permanent=True
-                ) from None
-            if not isinstance(document, dict):
-                raise RuntimeFailure("the kubeconfig is not a YAML mapping", permanent=True)
-            check_kubeconfig(document)
+                document = kubeconfig.parse(settings.kubeconfig)
+            except ValueError as exc:
+                raise RuntimeFailure(str(exc), permanent=True) from None
             try:
                 return config.new_client_from_config_dict(
                     document, context=settings.context or None, persist_config=False
@@ -440,6 +447,25 @@ class KubernetesRuntime(Runtime):
 
     def allocate_ports(self) -> bool:
         return False  # every pod has its own IP; the template's port serves
+
+    def managed_names(self, *, deployment_id: int, agent: str, environment: str) -> ManagedNames:
+        """Object names (DNS-1123, at most 63 characters) and the pod's own
+        name for HANGAR_INSTANCE: pods are named by their ReplicaSet, and the
+        kubelet expands $(POD_NAME) (k8s_manifests.container defines it)."""
+        return ManagedNames(deployment=f"{agent}-{environment}-{deployment_id}"[:63],
+                            template=f"{agent}-{environment}"[:50],
+                            instance_env="$(POD_NAME)")
+
+    def judge(self, observed: ObservedInstance) -> Judgement:
+        """A Ready pod is healthy; a failing container (back-off, bad image,
+        OOM) or a failed pod is degraded; anything else is still starting."""
+        if observed.runtime_health == "healthy":
+            return Judgement("healthy")
+        if observed.failing:
+            return Judgement("degraded", observed.message)
+        if observed.phase == "failed":
+            return Judgement("degraded", observed.message or "pod failed")
+        return Judgement("progressing", observed.message or "starting")
 
     def ensure_instance(self, spec: InstanceSpec) -> ObservedInstance:
         raise RuntimeFailure(

@@ -1,0 +1,54 @@
+"""The path for drivers that manage replicas themselves (Kubernetes): apply
+the whole deployment, then mirror what the runtime reports into Instance rows,
+judged by the driver."""
+from __future__ import annotations
+
+from ..models import DeploymentState, Health, Instance
+from ..patterns import Verdict
+from ..runtimes import RuntimeFailure
+from . import health
+from .context import Pass
+from .specs import deployment_spec
+
+JUDGED = {"healthy": Health.HEALTHY, "degraded": Health.DEGRADED,
+          "progressing": Health.PROGRESSING}
+
+
+def run_managed(run: Pass) -> str:
+    d, driver = run.deployment, run.primary
+    try:
+        if d.state == DeploymentState.STOPPED:
+            driver.delete_deployment(d.pk)
+        elif d.state == DeploymentState.ACTIVE:
+            driver.apply_deployment(deployment_spec(run))
+        units = driver.list_instances(d.pk)
+    except RuntimeFailure as exc:
+        run.event("Failed" if exc.permanent else "Retrying", str(exc), warning=True)
+        return health.write(run, Verdict(Health.DEGRADED if exc.permanent else Health.UNKNOWN,
+                                         str(exc), requeue_in=None if exc.permanent else 5))
+    versions = {str(v.number): v for v in d.agent.versions.all()}
+    rows = {r.name: r for r in Instance.objects.filter(deployment=d)}
+    for unit in units:
+        row = rows.pop(unit.name, None) or Instance(deployment=d, name=unit.name,
+                                                    target=d.target)
+        row.runtime_id, row.host, row.address = unit.runtime_id, unit.host, unit.address
+        adopted = run.adopted_fields(unit.version, versions)
+        row.version = adopted.pop("version") or row.version
+        for name, value in adopted.items():  # e.g. the revision
+            setattr(row, name, value or getattr(row, name))
+        row.generation, row.restarts, row.started_at = unit.generation, unit.restarts, \
+            unit.started_at
+        row.phase = unit.phase
+        judgement = driver.judge(unit)
+        row.health = JUDGED.get(judgement.health, Health.PROGRESSING)
+        row.health_reason = "" if row.health == Health.HEALTHY else judgement.reason
+        is_new = row.pk is None
+        row.save()
+        if is_new:
+            run.event("Created", f"pod {unit.name} observed on {unit.host or 'the cluster'}",
+                      instance=unit.name)
+    for row in rows.values():
+        run.event("Removed", f"pod {row.name} is gone", instance=row.name)
+        row.delete()
+    return health.rollup(run, list(Instance.objects.filter(deployment=d)
+                                   .select_related("version")))

@@ -1,0 +1,96 @@
+"""What drivers are given: instance specs (env, resources, probes) and, for
+drivers that manage replicas, the whole-deployment spec."""
+from __future__ import annotations
+
+from django.conf import settings
+
+from ..models import AgentVersion, Deployment, Instance, Secret
+from ..runtimes import RuntimeFailure
+from ..runtimes.base import Autoscale, DeploymentSpec, HealthCheck, InstanceSpec
+from .context import Pass
+
+
+def health_check(version: AgentVersion) -> HealthCheck | None:
+    if not version.port:
+        return None
+    health = version.health or {}
+    return HealthCheck(
+        path=health.get("path", "/healthz"),
+        ready_path=health.get("ready_path", "/readyz"),
+        timeout_s=float(health.get("timeout_s", 2.0)),
+        progress_deadline_s=float(health.get("progress_deadline_s",
+                                             settings.HANGAR_PROGRESS_DEADLINE_S)),
+    )
+
+
+def progress_deadline(version: AgentVersion) -> float:
+    check = health_check(version)
+    return check.progress_deadline_s if check else settings.HANGAR_PROGRESS_DEADLINE_S
+
+
+def instance_env(deployment: Deployment, version: AgentVersion, name: str) -> dict[str, str]:
+    env = {str(k): str(v) for k, v in (version.env or {}).items()}
+    refs = list(version.secret_refs or [])
+    if refs:
+        values = dict(Secret.objects.filter(team_id=deployment.agent.team_id, name__in=refs)
+                      .values_list("name", "value"))
+        missing = sorted(set(refs) - set(values))
+        if missing:
+            raise RuntimeFailure(f"secret(s) not found: {', '.join(missing)}", permanent=True)
+        env.update(values)
+    env.update({
+        "HANGAR_DEPLOYMENT": str(deployment.pk),
+        "HANGAR_INSTANCE": name,
+        "HANGAR_AGENT": deployment.agent.slug,
+        "HANGAR_ENVIRONMENT": deployment.environment,
+        "HANGAR_VERSION": str(version.number),
+        "AGENT_MODE": env.get("AGENT_MODE", deployment.agent.pattern),
+        "OTEL_SERVICE_NAME": f"{deployment.agent.team.slug}.{deployment.agent.slug}",
+        "OTEL_EXPORTER_OTLP_ENDPOINT": settings.HANGAR_OTLP_ENDPOINT,
+    })
+    if deployment.ingest_token:
+        env["OTEL_EXPORTER_OTLP_HEADERS"] = f"authorization=Bearer {deployment.ingest_token}"
+    return env
+
+
+def instance_spec(deployment: Deployment, row: Instance) -> InstanceSpec:
+    version = row.version or deployment.version
+    return InstanceSpec(
+        deployment_id=deployment.pk, name=row.name, generation=row.generation,
+        team=deployment.agent.team.slug, agent=deployment.agent.slug,
+        pattern=deployment.agent.pattern, image=version.image, bundle=version.bundle,
+        command=tuple(version.command or ()), env=instance_env(deployment, version, row.name),
+        cpu=float(version.cpu), memory_mb=version.memory_mb, port=row.port,
+        health=health_check(version), version=str(version.number),
+    )
+
+
+def deployment_spec(run: Pass) -> DeploymentSpec:
+    """The whole deployment, for ``features.manages_replicas`` drivers. Names
+    come from the driver; secret values (team secrets, the ingest token) go
+    to ``secret_env`` (a Secret object), never into the pod template."""
+    d, driver = run.deployment, run.primary
+    version = d.version
+    names = driver.managed_names(deployment_id=d.pk, agent=d.agent.slug,
+                                 environment=d.environment)
+    env = instance_env(d, version, names.instance_env)
+    secret_names = set(version.secret_refs or ()) | {"OTEL_EXPORTER_OTLP_HEADERS"}
+    template = InstanceSpec(
+        deployment_id=d.pk, name=names.template, generation=d.generation,
+        team=d.agent.team.slug, agent=d.agent.slug, pattern=d.agent.pattern,
+        image=version.image, command=tuple(version.command or ()),
+        env={k: v for k, v in env.items() if k not in secret_names},
+        cpu=float(version.cpu), memory_mb=version.memory_mb, port=version.port,
+        health=health_check(version), version=str(version.number))
+    autoscale = None
+    signal = d.autoscale_signal  # the runtime autoscales itself (an HPA), on any signal
+    if signal and d.autoscale_target:
+        autoscale = Autoscale(min_replicas=d.autoscale_min or 1,
+                              max_replicas=d.autoscale_max or d.replicas,
+                              signal=signal, target=d.autoscale_target)
+    desired = run.pattern.desired(d, version, features=driver.features)
+    return DeploymentSpec(
+        deployment_id=d.pk, name=names.deployment, generation=d.generation,
+        replicas=d.replicas, template=template,
+        secret_env={k: v for k, v in env.items() if k in secret_names},
+        autoscale=autoscale, **desired.spec_extras)
