@@ -407,9 +407,10 @@ class Instance(models.Model):
             models.UniqueConstraint(
                 fields=["deployment", "name"], name="instance_deployment_name_unique"
             ),
+            # Ports are per target (the driver's port space decides beyond that).
             models.UniqueConstraint(
-                fields=["port"], condition=models.Q(port__isnull=False),
-                name="instance_port_unique",
+                fields=["target", "port"], condition=models.Q(port__isnull=False),
+                name="instance_target_port_unique",
             ),
         ]
         ordering = ["deployment", "name"]
