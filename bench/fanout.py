@@ -601,7 +601,7 @@ def start_asgi(server: str, port: int, workdir: Path) -> tuple[subprocess.Popen,
         command = [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port)]
     else:  # as in the Dockerfile, without the access log (the baseline has none)
         command = [sys.executable, "-m", "uvicorn", "--host", "127.0.0.1", "--port", str(port),
-                   "--ws", "websockets-sansio", "--lifespan", "off", "--no-access-log"]
+                   "--ws", "websockets-sansio", "--lifespan", "on", "--no-access-log"]
     proc = subprocess.Popen(
         [*command, "controlplane.asgi:application"], cwd=ROOT, env=bench_env(),
         stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)

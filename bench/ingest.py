@@ -371,7 +371,7 @@ def start_web(port: int) -> subprocess.Popen:
     process = subprocess.Popen(
         [str(ROOT / ".venv/bin/python"), "-m", "uvicorn", "controlplane.asgi:application",
          "--host", "127.0.0.1", "--port", str(port), "--ws", "websockets-sansio",
-         "--lifespan", "off", "--proxy-headers"],
+         "--lifespan", "on", "--proxy-headers"],
         cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:

@@ -18,6 +18,8 @@ from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E40
 from deployments.routing import websocket_urlpatterns  # noqa: E402
 from telemetry.receiver import OTLPReceiver  # noqa: E402
 
+from .lifespan import lifespan  # noqa: E402
+
 application = ProtocolTypeRouter(
     {
         # OTLP exports (POST /v1/traces) are served before Django's middleware.
@@ -25,6 +27,8 @@ application = ProtocolTypeRouter(
         "websocket": AllowedHostsOriginValidator(
             AuthMiddlewareStack(URLRouter(websocket_urlpatterns))
         ),
+        # Startup and shutdown of the web process (the standalone live relay).
+        "lifespan": lifespan,
     }
 )
 

@@ -230,6 +230,14 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_TASK_ALWAYS_EAGER = env_bool("HANGAR_TASKS_EAGER", False)
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+if REDIS_URL:
+    # A web request enqueues after its commit: with Redis down, give up within
+    # about a second (logged and counted, deployments.effects) instead of
+    # holding the request; the beat sweep re-reconciles when Redis is back.
+    CELERY_BROKER_CONNECTION_TIMEOUT = 2
+    CELERY_BROKER_TRANSPORT_OPTIONS = {"socket_connect_timeout": 2}
+    CELERY_TASK_PUBLISH_RETRY_POLICY = {"max_retries": 1, "interval_start": 0,
+                                        "interval_step": 0.2, "interval_max": 0.2}
 CELERY_TIMEZONE = "UTC"
 
 # Reconciler and runtimes.
@@ -280,6 +288,7 @@ CELERY_BEAT_SCHEDULE = {
     "evaluate-budgets": {"task": "telemetry.tasks.evaluate_budgets",
                          "schedule": float(HANGAR_COST_TICK_SECONDS)},
     "telemetry-retention": {"task": "telemetry.tasks.retention", "schedule": 3600.0},
+    "prune-samples": {"task": "deployments.tasks.prune_samples", "schedule": 3600.0},
 }
 
 LOGGING = {

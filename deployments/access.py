@@ -24,8 +24,9 @@ from .models import (
     Team,
 )
 
-# How each model reaches its team, for queryset filters.
-TEAM_PATH = {
+# How each model reaches its team, for queryset filters. Other apps add theirs
+# with ``register_team_path`` (telemetry's runs and budgets carry a ``team_id``).
+TEAM_PATH: dict[type[Model], str] = {
     Team: "pk",
     Agent: "team_id",
     Target: "team_id",
@@ -35,6 +36,16 @@ TEAM_PATH = {
     AgentVersion: "agent__team_id",
     Deployment: "agent__team_id",
 }
+
+# Deployments with what every page and lookup of one shows (agent, team, version,
+# target) in the same query.
+DEPLOYMENTS = Deployment.objects.select_related("agent__team", "version", "target", "revision")
+
+
+def register_team_path(model: type[Model], path: str = "team_id") -> None:
+    """Make ``model`` usable with ``readable`` and ``get_for``: ``path`` is the
+    lookup from a row to its team's id."""
+    TEAM_PATH[model] = path
 
 
 def team_roles(actor: Actor) -> dict[int, str] | None:
@@ -63,6 +74,12 @@ def _team_roles(actor: Actor) -> dict[int, str] | None:
             return {}
         return {token.team_id: min(role, cap, key=lambda r: ROLE_RANK[r])}
     return roles
+
+
+def team_ids(actor: Actor) -> list[int] | None:
+    """The ids of the teams the actor can read; ``None`` means every team."""
+    roles = team_roles(actor)
+    return None if roles is None else list(roles)
 
 
 def role_in(actor: Actor, team_id: int) -> str | None:

@@ -411,8 +411,8 @@ def update_deployment(deployment: Deployment, *, actor: Actor, **changes) -> Dep
     if not spec_changed:
         return deployment
     schedule_reconcile(deployment.pk)
-    events.publish(deployment.agent.team_id,
-                   events.DeploymentChanged(replicas=deployment.replicas, state=deployment.state),
+    events.publish(deployment.agent.team_id, "deployment.changed",
+                   {"replicas": deployment.replicas, "state": deployment.state},
                    deployment_id=deployment.pk)
     return deployment
 
@@ -510,8 +510,8 @@ def rollback_deployment(deployment: Deployment, *, actor: Actor,
                  after={**audit.snapshot(deployment), "rolled_back_to": chosen.number,
                         "revision_number": made.number if made else None})
     schedule_reconcile(deployment.pk)
-    events.publish(deployment.agent.team_id,
-                   events.DeploymentChanged(replicas=deployment.replicas, state=deployment.state),
+    events.publish(deployment.agent.team_id, "deployment.changed",
+                   {"replicas": deployment.replicas, "state": deployment.state},
                    deployment_id=deployment.pk)
     return deployment
 

@@ -10,7 +10,6 @@ import json
 
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
-from django.conf import settings
 
 from . import access
 from .hub import CLOSE_REVOKED, CLOSE_TOO_SLOW, OUTBOX_SIZE, hub
@@ -47,10 +46,6 @@ class EventsConsumer(AsyncWebsocketConsumer):
             await self.hub.leave(self)
             raise
         self.writer = asyncio.create_task(self._write())
-        if settings.STANDALONE or not settings.REDIS_URL:
-            from .relay import ensure_relay
-
-            ensure_relay()
 
     async def disconnect(self, code):
         try:

@@ -5,6 +5,7 @@ from celery import shared_task
 from django.conf import settings
 from django.db.models import Q
 
+from . import samples
 from .models import Deployment, DeploymentState
 
 
@@ -50,3 +51,9 @@ def collect_orphans() -> dict:
     from .reconciler import collect_orphans as collect
 
     return collect()
+
+
+@shared_task(ignore_result=True)
+def prune_samples() -> int:
+    """Beat: delete chart samples past their retention."""
+    return samples.prune()

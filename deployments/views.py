@@ -1,29 +1,30 @@
 """Operator UI: server-rendered pages with htmx partials from the same templates."""
 from __future__ import annotations
 
-from functools import wraps
 from urllib.parse import urlencode
 
 from django.contrib import messages
-from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
 from django.db import connection
 from django.db.models import Count, Max, Prefetch, Q
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
+from django.template.loader import render_to_string
+from django.templatetags.static import static
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from telemetry.summary import deployment_series, deployment_summaries
 
-from . import access, actions
+from . import access, actions, effects, revisions
 from .audit import Actor
-from .errors import DomainError, Forbidden, Invalid, NotFound
-from .forms import AgentForm, DeploymentForm, ScaleForm, StateForm, VersionForm
+from .errors import DomainError, Invalid
+from .forms import AgentForm, DeploymentForm, ScaleForm, StateForm, TokenForm, VersionForm
 from .models import (
     ROLE_RANK,
     Agent,
+    ApiToken,
     Deployment,
     Health,
     Instance,
@@ -33,37 +34,26 @@ from .models import (
     Team,
     worst_health,
 )
+from .web import request_actor, scoped_view
 
 
 @require_GET
 def healthz(request: HttpRequest) -> JsonResponse:
-    """Liveness for load balancers and the container HEALTHCHECK: the DB answers."""
+    """Liveness for load balancers and the container HEALTHCHECK: the DB answers.
+
+    ``side_effects`` counts the enqueues and live events this process lost
+    after commit (Redis down; the sweep repairs them), see deployments.effects."""
     try:
         with connection.cursor() as cursor:
             cursor.execute("SELECT 1")
     except Exception as exc:  # noqa: BLE001 - any database failure is "unhealthy"
         return JsonResponse({"status": "unhealthy", "reason": str(exc)[:200]}, status=503)
-    return JsonResponse({"status": "ok"})
+    return JsonResponse({"status": "ok", "side_effects": effects.counts()})
 
 
-def _actor(request: HttpRequest) -> Actor:
-    return Actor.from_request(request, "ui")
-
-
-def _scoped(fn):
-    """Log in first; domain lookups that fail become 404/403 pages (also used
-    by the telemetry pages)."""
-
-    @wraps(fn)
-    def wrapper(request, *args, **kwargs):
-        try:
-            return fn(request, *args, **kwargs)
-        except NotFound as exc:
-            raise Http404(str(exc.detail)) from None
-        except Forbidden as exc:
-            raise PermissionDenied(str(exc.detail)) from None
-
-    return login_required(wrapper)
+# The helpers every app's pages share (telemetry's too), under this module's names.
+_actor = request_actor
+_scoped = scoped_view
 
 
 def _add_errors(form, exc: DomainError) -> None:
@@ -246,8 +236,12 @@ def version_create(request: HttpRequest, agent_id: int) -> HttpResponse:
             return redirect("deployments:agent", agent_id=agent.pk)
         return render(request, "deployments/agent_detail.html",
                       _agent_context(actor, agent, version_form=form), status=status)
-    return render(request, "deployments/agent_detail.html#versions",
-                  _agent_context(actor, agent, version_form=form), status=status)
+    context = _agent_context(actor, agent, version_form=form)
+    response = render(request, "deployments/agent_detail.html#versions", context, status=status)
+    if status == 200:  # the deploy form offers the new version too (an out-of-band swap)
+        response.content += render_to_string("deployments/agent_detail.html#deploy-form",
+                                              {**context, "oob": True}, request=request).encode()
+    return response
 
 
 @_scoped
@@ -277,13 +271,15 @@ def deployment_create(request: HttpRequest, agent_id: int) -> HttpResponse:
 
 def _deployment_context(actor: Actor, deployment: Deployment, **extra) -> dict:
     instances = list(Instance.objects.filter(deployment=deployment)
-                     .select_related("version", "target"))
+                     .select_related("version", "target", "revision"))
     return {
         "deployment": deployment,
         "instances": instances,
         "timeline": deployment.events.all()[:30],
+        "revisions": revisions.history(deployment),
         "in_flight": deployment.observed_generation < deployment.generation,
         "ready": sum(1 for i in instances if i.health == "Healthy"),
+        "endpoints": [i.address for i in instances if i.address and i.phase == "running"],
         "can_write": access.has_role(actor, deployment.agent.team_id, Role.OPERATOR),
         "scale_form": extra.pop("scale_form", None)
         or ScaleForm(initial={"replicas": deployment.replicas}),
@@ -291,7 +287,7 @@ def _deployment_context(actor: Actor, deployment: Deployment, **extra) -> dict:
     }
 
 
-DEPLOYMENT_QS = Deployment.objects.select_related("agent__team", "version", "target")
+DEPLOYMENT_QS = access.DEPLOYMENTS
 
 
 @_scoped
@@ -300,7 +296,8 @@ def deployment_detail(request: HttpRequest, deployment_id: int) -> HttpResponse:
     actor = _actor(request)
     deployment = access.get_for(actor, DEPLOYMENT_QS, pk=deployment_id)
     template = "deployments/deployment_detail.html"
-    partials = {"deployment-status": "#status", "timeline": "#timeline"}
+    partials = {"deployment-status": "#status", "timeline": "#timeline",
+                "revisions": "#revisions"}
     if request.htmx and request.htmx.target in partials:
         template += partials[request.htmx.target]
     return render(request, template, _deployment_context(actor, deployment))
@@ -415,6 +412,27 @@ def deployment_restart(request: HttpRequest, deployment_id: int) -> HttpResponse
 
 @_scoped
 @require_POST
+def deployment_rollback(request: HttpRequest, deployment_id: int) -> HttpResponse:
+    """Re-apply the revision chosen on the deployment page."""
+    actor = _actor(request)
+    deployment = access.get_for(actor, DEPLOYMENT_QS, Role.OPERATOR, pk=deployment_id)
+    number = request.POST.get("revision", "")
+    if not number.isdigit() or int(number) < 1:
+        messages.error(request, "Choose a revision to roll back to.")
+    else:
+        try:
+            deployment = actions.rollback_deployment(deployment, revision=int(number),
+                                                     actor=actor)
+        except DomainError as exc:
+            messages.error(request, f"Cannot roll back: {exc.detail}")
+        else:
+            messages.success(request, f"Rolling back to revision {number}: it is applied as "
+                                      f"revision {deployment.revision.number}.")
+    return _redirect(request, reverse("deployments:deployment", args=[deployment.pk]))
+
+
+@_scoped
+@require_POST
 def deployment_state(request: HttpRequest, deployment_id: int) -> HttpResponse:
     actor = _actor(request)
     deployment = access.get_for(actor, DEPLOYMENT_QS, Role.OPERATOR, pk=deployment_id)
@@ -427,3 +445,76 @@ def deployment_state(request: HttpRequest, deployment_id: int) -> HttpResponse:
     actions.update_deployment(deployment, state=form.cleaned_data["state"], actor=actor)
     messages.success(request, f"Deployment is now {form.cleaned_data['state']}.")
     return _redirect(request, reverse("deployments:deployment", args=[deployment.pk]))
+
+
+@require_GET
+def favicon(request: HttpRequest) -> HttpResponse:
+    """Browsers ask for /favicon.ico on every page; the icon is a static file."""
+    return redirect(static("img/favicon.ico"))
+
+
+# API tokens: a team admin's page ------------------------------------------------------
+
+
+@_scoped
+@require_GET
+def tokens_index(request: HttpRequest) -> HttpResponse:
+    """The Tokens link of the top bar: the team's page for an admin of one team,
+    a choice of teams for an admin of several."""
+    teams = list(_teams_with(_actor(request), Role.ADMIN).order_by("slug"))
+    if len(teams) == 1:
+        return redirect("deployments:team-tokens", team_id=teams[0].pk)
+    return render(request, "deployments/tokens.html", {"teams": teams})
+
+
+def _tokens_context(team: Team, form: TokenForm | None = None, created=None) -> dict:
+    return {
+        "team": team, "form": form or TokenForm(), "created": created,
+        "tokens": ApiToken.objects.filter(team=team).select_related("user")
+        .order_by("-created_at", "-pk")[:200],
+    }
+
+
+def _tokens_page(request: HttpRequest, context: dict, status: int = 200) -> HttpResponse:
+    template = "deployments/tokens.html"
+    if request.htmx:
+        template += "#tokens-panel"
+    response = render(request, template, context, status=status)
+    response["Cache-Control"] = "no-store"  # a new token is in this page, once
+    return response
+
+
+@_scoped
+@require_http_methods(["GET", "POST"])
+def team_tokens(request: HttpRequest, team_id: int) -> HttpResponse:
+    """A team's API tokens: create (the token is shown in this answer only), list, revoke."""
+    actor = _actor(request)
+    team = access.get_team_for(actor, team_id, Role.ADMIN)
+    if request.method == "GET":
+        return _tokens_page(request, _tokens_context(team))
+    form = TokenForm(request.POST)
+    if form.is_valid():
+        data = form.cleaned_data
+        try:
+            token, plaintext = actions.create_token(
+                team, name=data["name"], scope=data["scope"], expires_at=data["expires_at"],
+                actor=actor)
+        except DomainError as exc:
+            _add_errors(form, exc)
+        else:
+            return _tokens_page(request, _tokens_context(
+                team, created={"token": token, "plaintext": plaintext}), status=201)
+    return _tokens_page(request, _tokens_context(team, form), status=422)
+
+
+@_scoped
+@require_POST
+def token_revoke(request: HttpRequest, token_id: int) -> HttpResponse:
+    actor = _actor(request)
+    token = access.get_for(actor, ApiToken.objects.select_related("team", "user"), Role.ADMIN,
+                           pk=token_id)
+    actions.revoke_token(token, actor=actor)
+    if request.htmx:
+        return _tokens_page(request, _tokens_context(token.team))
+    messages.success(request, f"Token {token.name} revoked.")
+    return redirect("deployments:team-tokens", team_id=token.team_id)

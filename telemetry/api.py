@@ -2,7 +2,7 @@
 summaries, budgets. Auth and error mapping come from the one NinjaAPI;
 every fetch is scoped to the caller's teams (outsiders 404, low roles 403).
 """
-from datetime import datetime, timedelta
+from datetime import timedelta
 from decimal import Decimal
 from typing import Literal
 
@@ -13,12 +13,12 @@ from ninja.pagination import paginate
 
 from deployments import access as registry_access
 from deployments.api import Page, actor_of
-from deployments.errors import Invalid
+from deployments.errors import NotFound, may_raise
 from deployments.models import Agent, Deployment, Role
-from deployments.schemas import Id
+from deployments.schemas import Id, Moment
 
 from . import access, budgets, cost, traces
-from .models import Budget, BudgetEvent, Run
+from .models import Budget, BudgetEvent
 from .schemas import (
     BudgetEventOut,
     BudgetIn,
@@ -31,8 +31,6 @@ from .schemas import (
 
 router = Router()  # auth: once, on the NinjaAPI
 
-RUNS = Run.objects.filter(root_span_id__isnull=False)
-
 
 # Runs ---------------------------------------------------------------------------------
 
@@ -42,8 +40,8 @@ class RunFilter(Schema):
     agent: Id | None = None
     deployment: Id | None = None
     status: Literal["ok", "error"] | None = None
-    since: datetime | None = None
-    until: datetime | None = None
+    since: Moment | None = None
+    until: Moment | None = None
     min_cost: Decimal | None = None
     max_cost: Decimal | None = None
     cost_unknown: bool | None = None
@@ -55,7 +53,7 @@ class RunFilter(Schema):
 def list_runs(request: HttpRequest, filters: Query[RunFilter]):
     """Runs, newest first. `min_cost`/`max_cost` compare the LLM cost in USD and
     leave out runs whose cost is unknown (ask for those with `cost_unknown=true`)."""
-    runs = access.readable(actor_of(request), RUNS.all())
+    runs = registry_access.readable(actor_of(request), access.RUNS.all())
     exact = {"team_id": filters.team, "agent_id": filters.agent,
              "deployment_id": filters.deployment, "status": filters.status,
              "started_at__gte": filters.since, "started_at__lt": filters.until,
@@ -96,22 +94,26 @@ class CostQuery(Schema):
     team: Id | None = None
     agent: Id | None = None
     deployment: Id | None = None
-    since: datetime | None = None
-    until: datetime | None = None
+    since: Moment | None = None
+    until: Moment | None = None
     bucket: Literal["day", "hour"] = "day"
 
 
+COST_WINDOW = {"day": timedelta(days=400), "hour": timedelta(days=31)}
+
+
 @router.get("/costs", response=CostsOut, tags=["costs"])
+@may_raise(NotFound)
 def get_costs(request: HttpRequest, query: Query[CostQuery]):
     """LLM and compute cost over time for a deployment, an agent, a team, or
-    every team the caller can read (default: the last 30 days, per day)."""
+    every team the caller can read (default: the last 30 days, per day).
+    A window is at most 400 days of daily buckets or 31 days of hourly ones:
+    a longer one is answered for its last 400 (31) days, and `since`/`until`
+    in the answer say which window was summed; an empty window sums nothing."""
     actor = actor_of(request)
     until = query.until or timezone.now()
     since = query.since or until - timedelta(days=30)
-    limit = timedelta(days=31) if query.bucket == "hour" else timedelta(days=400)
-    if since >= until or until - since > limit:
-        raise Invalid({"since": [f"The range must be positive and at most {limit.days} days "
-                                 f"for {query.bucket}ly buckets."]})
+    since = min(max(since, until - COST_WINDOW[query.bucket]), until)
     scope: dict = {}
     if query.deployment is not None:
         deployment = registry_access.get_for(actor, Deployment.objects.select_related("agent"),
@@ -123,7 +125,7 @@ def get_costs(request: HttpRequest, query: Query[CostQuery]):
     if query.team is not None:
         scope["team_id"] = registry_access.get_team_for(actor, query.team).pk
     if not scope:
-        team_ids = access.readable_team_ids(actor)
+        team_ids = registry_access.team_ids(actor)
         if team_ids is not None:
             scope["team_ids"] = team_ids
     total = cost.totals(since, until, **scope)
@@ -147,7 +149,8 @@ def _budget_out(budget: Budget) -> dict:
 @router.get("/budgets", response=list[BudgetOut], tags=["budgets"])
 @paginate(Page)
 def list_budgets(request: HttpRequest, team: Id | None = None, agent: Id | None = None):
-    found = access.readable(actor_of(request), Budget.objects.select_related("team", "agent"))
+    found = registry_access.readable(actor_of(request),
+                                     Budget.objects.select_related("team", "agent"))
     if team is not None:
         found = found.filter(team_id=team)
     if agent is not None:
@@ -165,7 +168,7 @@ def create_budget(request: HttpRequest, payload: BudgetIn):
     if payload.agent_id is not None:
         agent = Agent.objects.filter(pk=payload.agent_id, team=team).first()
         if agent is None:
-            raise Invalid({"agent_id": ["No such agent in this team."]})
+            raise NotFound("Agent not found in this team.")
     data = payload.dict(exclude={"team_id", "agent_id"})
     budget = budgets.create_budget(team, agent=agent, actor=actor, **data)
     return Status(201, _budget_out(budget))
@@ -180,7 +183,7 @@ def get_budget(request: HttpRequest, budget_id: Id):
 def update_budget(request: HttpRequest, budget_id: Id, payload: BudgetPatch):
     actor = actor_of(request)
     budget = access.get_budget_for(actor, budget_id, Role.ADMIN)
-    changes = {k: v for k, v in payload.dict(exclude_unset=True).items() if v is not None}
+    changes = payload.dict(exclude_unset=True)
     return _budget_out(budgets.update_budget(budget, actor=actor, **changes))
 
 

@@ -21,11 +21,10 @@ from decimal import Decimal
 from typing import Any
 
 from django.conf import settings
-from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from deployments import actions, audit
+from deployments import actions, audit, effects
 from deployments.audit import Actor
 from deployments.errors import Conflict, DomainError, Invalid
 from deployments.events import publish
@@ -59,23 +58,13 @@ def budget_actor(budget: Budget) -> BudgetActor:
     return BudgetActor(user=None, source="budget", budget_name=f"{budget.name!r} #{budget.pk}")
 
 
-def _save(budget: Budget, *, update_fields: list[str] | None = None) -> None:
-    try:
-        budget.full_clean()
-    except ValidationError as exc:
-        detail = exc.message_dict if hasattr(exc, "message_dict") else exc.messages
-        raise Invalid(detail) from None
-    try:
-        with transaction.atomic():
-            budget.save(update_fields=update_fields)
-    except IntegrityError:
-        raise Conflict("The team already has a budget with this name.") from None
+DUPLICATE = "The team already has a budget with this name."
 
 
 def _evaluate_after_commit(budget_id: int) -> None:
     from .tasks import evaluate_budget
 
-    transaction.on_commit(lambda: evaluate_budget.delay(budget_id))
+    effects.enqueue_on_commit(evaluate_budget, budget_id)  # else beat evaluates it
 
 
 @transaction.atomic
@@ -86,7 +75,7 @@ def create_budget(team: Team, *, actor: Actor, agent: Agent | None = None, **fie
     if unknown:
         raise Invalid(f"Unknown fields: {', '.join(sorted(unknown))}.")
     budget = Budget(team=team, agent=agent, **fields)
-    _save(budget)
+    actions.validated_save(budget, conflict=DUPLICATE)
     audit.record(actor, "budget.create", budget, after=audit.snapshot(budget))
     _evaluate_after_commit(budget.pk)
     return budget
@@ -96,16 +85,11 @@ def create_budget(team: Team, *, actor: Actor, agent: Agent | None = None, **fie
 def update_budget(budget: Budget, *, actor: Actor, **changes) -> Budget:
     budget = Budget.objects.select_for_update(of=("self",)).select_related(
         "team", "agent").get(pk=budget.pk)
-    unknown = set(changes) - EDITABLE
-    if unknown:
-        raise Invalid(f"These fields cannot be changed: {', '.join(sorted(unknown))}.")
     before = audit.snapshot(budget)
-    changed = [name for name, value in changes.items() if getattr(budget, name) != value]
+    changed = actions.apply_changes(budget, changes, EDITABLE)
     if not changed:
         return budget
-    for name in changed:
-        setattr(budget, name, changes[name])
-    _save(budget, update_fields=[*changed, "updated_at"])
+    actions.validated_save(budget, update_fields=[*changed, "updated_at"], conflict=DUPLICATE)
     audit.record(actor, "budget.update", budget, before=before, after=audit.snapshot(budget))
     _evaluate_after_commit(budget.pk)
     return budget
@@ -203,7 +187,7 @@ def _fire(budget: Budget, percent: int, action: str, spent: Decimal, month,
     if budget.webhook_url:
         from .tasks import send_budget_webhook
 
-        transaction.on_commit(lambda: send_budget_webhook.delay(event.pk))
+        effects.enqueue_on_commit(send_budget_webhook, event.pk)
     log.info("budget %s reached %s%% ($%s): %s", budget.pk, percent, spent, action)
     return event
 
@@ -239,7 +223,8 @@ def revert_budget_event(event: BudgetEvent, *, actor: Actor) -> BudgetEvent:
     event.save(update_fields=["affected", "reverted_at", "reverted_by"])
     audit.record(actor, "budget.revert", event, before=before, after=audit.snapshot(event))
     publish(event.team_id, "budget.reverted", {"budget_id": event.budget_id,
-                                         "budget_event_id": event.pk, "restored": restored})
+                                               "budget_event_id": event.pk,
+                                               "restored": restored})
     return event
 
 

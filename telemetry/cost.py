@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
 
+from cachetools import FIFOCache
 from django.db import IntegrityError, transaction
 from django.db.models import Count, F, Q, Sum
 from django.db.models.functions import TruncDay, TruncHour
@@ -70,9 +71,11 @@ class Pricer:
         # (model, provider) -> the affine price when it never changes over time,
         # None for an unknown model, _NOT_STATIC otherwise.
         self._static: dict[tuple[str, str | None], object] = {}
-        self._models: dict[tuple[str, str | None], tuple | None] = {}
+        # Bounded; the oldest entries go first (reads need no lock: they do not
+        # reorder a FIFOCache).
+        self._models: FIFOCache[tuple[str, str | None], tuple | None] = FIFOCache(10_000)
         self._affine: dict[int, tuple[object, _Affine | None]] = {}
-        self._exact: dict[tuple, Decimal] = {}
+        self._exact: FIFOCache[tuple, Decimal] = FIFOCache(100_000)
 
     def _resolve(self, model: str, provider: str | None):
         key = (model, provider)
@@ -89,8 +92,6 @@ class Pricer:
             except LookupError:
                 continue
         with self._lock:
-            if len(self._models) > 10_000:
-                self._models.clear()
             self._models[key] = found
         return found
 
@@ -144,8 +145,6 @@ class Pricer:
                 log.info("cannot price %s %s: %s", model, usage, exc)
                 return None
             with self._lock:
-                if len(self._exact) > 100_000:
-                    self._exact.clear()
                 self._exact[key] = value
         return value
 

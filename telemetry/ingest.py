@@ -43,11 +43,13 @@ from decimal import Decimal
 from typing import NamedTuple
 
 import psycopg
+from cachetools import TTLCache
 from django.conf import settings
 from django.db import DatabaseError
 from google.protobuf import descriptor_pb2, descriptor_pool, json_format, message_factory
 from google.protobuf.message import DecodeError
 from google.protobuf.unknown_fields import UnknownFieldSet
+from google.rpc.status_pb2 import Status
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
     ExportTraceServiceResponse,
@@ -126,32 +128,15 @@ def encode_reply(fmt: str, error: IngestError | None = None) -> Reply:
     if error is None:
         body = ExportTraceServiceResponse().SerializeToString() if fmt == PROTOBUF else b"{}"
         return Reply(200, body, fmt)
+    status = Status(code=error.grpc_code, message=error.message)
     if fmt == PROTOBUF:
-        body = _status_protobuf(error.grpc_code, error.message)
+        body = status.SerializeToString()
     else:
-        body = json.dumps({"code": error.grpc_code, "message": error.message}).encode()
+        body = json.dumps(json_format.MessageToDict(status)).encode()
     headers = {"Retry-After": "1"} if error.status == 503 else {}
     if error.status == 401:
         headers["WWW-Authenticate"] = 'Bearer realm="hangar-ingest"'
     return Reply(error.status, body, fmt, headers)
-
-
-def _status_protobuf(code: int, message: str) -> bytes:
-    """A google.rpc.Status {code, message}, encoded by hand (two fields)."""
-    text = message.encode()
-    return b"\x08" + _varint(code) + b"\x12" + _varint(len(text)) + text
-
-
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte = value & 0x7F
-        value >>= 7
-        if value:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
 
 
 # Authentication ------------------------------------------------------------------------
@@ -169,7 +154,6 @@ class Source:
     agent_id: int
     version_id: int
     token_digest: bytes | None
-    loaded_at: float = field(default_factory=time.monotonic)
     versions: dict[str, int | None] = field(default_factory=dict)
 
     def version_for(self, instance: str) -> int:
@@ -178,8 +162,9 @@ class Source:
         return self.versions.get(instance) or self.version_id
 
 
-_sources: dict[int, Source] = {}
-_missing: dict[int, float] = {}  # deployment ids found not to exist, and when
+# Entries expire by themselves; reads reorder a TTLCache, so both go under the lock.
+_sources: TTLCache[int, Source] = TTLCache(maxsize=100_000, ttl=SOURCE_TTL_S)
+_missing: TTLCache[int, bool] = TTLCache(maxsize=100_000, ttl=MISSING_TTL_S)  # no such id
 _legacy: dict[bytes, int] = {}
 _legacy_loaded = [0.0]
 _auth_lock = threading.Lock()
@@ -190,17 +175,16 @@ def _digest(token: str) -> bytes:
 
 
 def _load(deployment_id: int) -> Source | None:
-    cached = _sources.get(deployment_id)
-    if cached is not None and time.monotonic() - cached.loaded_at < SOURCE_TTL_S:
+    with _auth_lock:
+        cached = _sources.get(deployment_id)
+    if cached is not None:
         return cached
     row = (Deployment.objects.filter(pk=deployment_id).select_related("agent")
            .only("pk", "version_id", "ingest_token", "agent__team_id", "agent_id").first())
     source = None
     if row is None:
         with _auth_lock:
-            if len(_missing) > 100_000:
-                _missing.clear()
-            _missing[deployment_id] = time.monotonic()
+            _missing[deployment_id] = True
     else:
         versions = dict(Instance.objects.filter(deployment_id=row.pk, version__isnull=False)
                         .values_list("name", "version_id")[:1000])
@@ -208,8 +192,6 @@ def _load(deployment_id: int) -> Source | None:
                         version_id=row.version_id, versions=versions,
                         token_digest=_digest(row.ingest_token) if row.ingest_token else None)
         with _auth_lock:
-            if len(_sources) > 100_000:
-                _sources.clear()
             _sources[deployment_id] = source
     return source
 
@@ -243,10 +225,12 @@ def cached_source(authorization: str) -> Source | None:
     if scheme.lower() != "bearer" or not match:
         return None
     deployment_id = int(match.group(1))
-    if time.monotonic() - _missing.get(deployment_id, -MISSING_TTL_S) < MISSING_TTL_S:
+    with _auth_lock:
+        missing = deployment_id in _missing
+        source = _sources.get(deployment_id)
+    if missing:
         raise UnknownDeployment(f"no deployment {deployment_id}")
-    source = _sources.get(deployment_id)
-    if source is None or time.monotonic() - source.loaded_at >= SOURCE_TTL_S:
+    if source is None:
         return None
     if source.token_digest is None or not secrets.compare_digest(source.token_digest,
                                                                  _digest(token)):

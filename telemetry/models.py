@@ -18,6 +18,7 @@ from django.core.validators import MinValueValidator, URLValidator
 from django.db import models
 from django.utils import timezone
 
+from deployments.access import register_team_path
 from deployments.crypto import EncryptedTextField
 from deployments.models import Agent, AgentVersion, Deployment, Instance, Target, Team
 
@@ -322,3 +323,8 @@ class BudgetEvent(models.Model):
     @property
     def active(self) -> bool:
         return self.reverted_at is None
+
+
+# ``deployments.access`` scopes these rows by their team column.
+for _model in (Run, ComputeCost, Budget, BudgetEvent):
+    register_team_path(_model)

@@ -26,14 +26,27 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
+from functools import partial
 
 import psycopg
 from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
 from psycopg.types.string import BytesBinaryDumper
+from psycopg_pool import AsyncConnectionPool
 
-from .models import FLAG_COST_UNKNOWN, FLAG_LLM, FLAG_ROOT, Run, RunStatus, Span, ns_to_datetime
+from deployments.events import Coalescer, publish
+
+from .models import (
+    FLAG_COST_UNKNOWN,
+    FLAG_LLM,
+    FLAG_ROOT,
+    ComputeCost,
+    Run,
+    RunStatus,
+    Span,
+    ns_to_datetime,
+)
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +64,6 @@ COPY_SPANS = f"COPY telemetry_span ({COLUMN_LIST}) FROM STDIN (FORMAT BINARY)"
 # which halves the bytes sent); the test suite reads every column back.
 COPY_TYPES = ("bytea", "int8", "int8", "int8", "int8", "int8", "text", "int2", "int2", "text",
               "text", "int8", "int8", "numeric", "int2", "text", "bytea")
-SAMPLE_RETENTION = timedelta(days=2)
 STAGING = "telemetry_span_incoming"
 
 
@@ -189,66 +201,23 @@ def _fresh(rows: list, stored_keys) -> list:
 # PostgreSQL, from the event loop ----------------------------------------------------------
 
 
-class AsyncPool:
-    """A few autocommit ``psycopg.AsyncConnection`` for one event loop.
+def ingest_pool() -> AsyncConnectionPool:
+    """A ``psycopg_pool.AsyncConnectionPool`` of autocommit connections for the
+    ASGI fast path, sized by ``HANGAR_INGEST_POOL`` (from
+    ``HANGAR_INGEST_CONNECTIONS``), beside Django's own pool. Spans are written
+    without leaving the event loop (no thread hand-offs, no GIL contention
+    between a decoding thread and the loop); transactions are explicit. Opened
+    by its first use; one per event loop."""
+    params = dict(connection.get_connection_params())
+    for key in ("cursor_factory", "context", "prepare_threshold"):
+        params.pop(key, None)
+    return AsyncConnectionPool(kwargs={**params, "autocommit": True}, open=False,
+                               configure=_configure, name="hangar-ingest",
+                               **settings.HANGAR_INGEST_POOL)
 
-    The ASGI fast path writes spans without leaving the event loop (no thread
-    hand-offs, no GIL contention between a decoding thread and the loop);
-    transactions are explicit. Connections are replaced after ``CONN_MAX_AGE``
-    (at least a minute) or when broken.
-    """
 
-    def __init__(self, size: int):
-        self.size = size
-        self.idle: list = []
-        self.opened = 0
-        self.waiters = asyncio.Condition()
-        self.max_age = max(60, connection.settings_dict.get("CONN_MAX_AGE") or 0)
-
-    @staticmethod
-    def _params() -> dict:
-        params = dict(connection.get_connection_params())
-        for key in ("cursor_factory", "context", "prepare_threshold"):
-            params.pop(key, None)
-        return params
-
-    async def acquire(self):
-        async with self.waiters:
-            while not self.idle and self.opened >= self.size:
-                await self.waiters.wait()
-            if self.idle:
-                return self.idle.pop()
-            self.opened += 1
-        try:
-            conn = await psycopg.AsyncConnection.connect(autocommit=True, **self._params())
-        except BaseException:
-            async with self.waiters:
-                self.opened -= 1
-                self.waiters.notify()
-            raise
-        adapt_for_copy(conn.adapters)
-        conn.hangar_born = time.monotonic()
-        return conn
-
-    async def release(self, conn) -> None:
-        usable = not conn.closed and not conn.broken and \
-            conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE and \
-            time.monotonic() - conn.hangar_born < self.max_age
-        if not usable:
-            await conn.close()
-        async with self.waiters:
-            if usable:
-                self.idle.append(conn)
-            else:
-                self.opened -= 1
-            self.waiters.notify()
-
-    async def close(self) -> None:
-        async with self.waiters:
-            idle, self.idle = self.idle, []
-            self.opened -= len(idle)
-        for conn in idle:
-            await conn.close()
+async def _configure(conn) -> None:
+    adapt_for_copy(conn.adapters)
 
 
 class GroupWriter:
@@ -264,15 +233,22 @@ class GroupWriter:
 
     MAX_ROWS = 5000
 
-    def __init__(self, pool: AsyncPool):
+    def __init__(self, pool: AsyncConnectionPool):
         self.pool = pool
+        self.size = pool.max_size
         self.queue: list[tuple[list, asyncio.Future]] = []
         self.running = 0
+        self.opened = False
+
+    @property
+    def closed(self) -> bool:
+        """The pool was opened and has been closed since (a server shutting down)."""
+        return self.opened and self.pool.closed
 
     async def write(self, rows: list) -> WriteResult:
         future = asyncio.get_running_loop().create_future()
         self.queue.append((rows, future))
-        if self.running < self.pool.size:
+        if self.running < self.size:
             self.running += 1
             asyncio.get_running_loop().create_task(self._drain())
         return await future
@@ -304,8 +280,11 @@ class GroupWriter:
                 future.set_result(result)
 
     async def _copy(self, batch: list) -> list[WriteResult]:
-        conn = await self.pool.acquire()
-        try:
+        self.opened = True
+        await self.pool.open()  # at once if already open; PoolClosed once closed
+        # The pool rolls back whatever a failure leaves open, and replaces broken
+        # connections.
+        async with self.pool.connection() as conn:
             cursor = conn.cursor()
             try:
                 await _copy_batch(cursor, COPY_SPANS, batch)
@@ -325,11 +304,6 @@ class GroupWriter:
                                            duplicates=len(rows) - len(fresh),
                                            finished=_roots(fresh)))
             return results
-        except BaseException:
-            await _rollback(conn)
-            raise
-        finally:
-            await self.pool.release(conn)
 
 
 async def _copy_batch(cursor, statement: str, batch: list) -> None:
@@ -346,14 +320,21 @@ _writers: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 def group_writer() -> GroupWriter:
     loop = asyncio.get_running_loop()
     writer = _writers.get(loop)
-    if writer is None:
-        pool = AsyncPool(max(1, settings.HANGAR_INGEST_CONNECTIONS))
-        writer = _writers[loop] = GroupWriter(pool)
+    if writer is None or writer.closed:
+        writer = _writers[loop] = GroupWriter(ingest_pool())
     return writer
 
 
-def async_pool() -> AsyncPool:
+def async_pool() -> AsyncConnectionPool:
+    """The ingest pool of the running event loop (``close()`` it on shutdown)."""
     return group_writer().pool
+
+
+async def close_ingest_pool() -> None:
+    """Close the running loop's ingest pool, if it has one (web process shutdown)."""
+    writer = _writers.pop(asyncio.get_running_loop(), None)
+    if writer is not None:
+        await writer.pool.close()
 
 
 async def write_spans_async(source, rows: list) -> WriteResult:
@@ -366,15 +347,6 @@ async def write_spans_async(source, rows: list) -> WriteResult:
     if not days <= _ensured:
         await asyncio.get_running_loop().run_in_executor(None, _ensure_and_close, days)
     return await group_writer().write(rows)
-
-
-async def _rollback(conn) -> None:
-    if not conn.closed and not conn.broken and \
-            conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
-        try:
-            await conn.execute("ROLLBACK")
-        except psycopg.Error:
-            await conn.close()
 
 
 def _ensure_and_close(days: set[int]) -> None:
@@ -469,12 +441,8 @@ def partitions() -> list[tuple[str, date]]:
 def retention(now: datetime | None = None) -> dict:
     """Create partitions a week ahead, drop span partitions (or rows) older than
     ``HANGAR_SPAN_RETENTION_DAYS``, delete runs and compute cost rows older than
-    ``HANGAR_RUN_RETENTION_DAYS`` in batches, and deployment chart samples
-    older than ``SAMPLE_RETENTION``."""
-    from deployments.models import DeploymentSample
-
-    from .models import ComputeCost
-
+    ``HANGAR_RUN_RETENTION_DAYS`` in batches. (Deployments prune their own
+    chart samples: ``deployments.samples``.)"""
     now = now or timezone.now()
     span_cutoff = now - timedelta(days=settings.HANGAR_SPAN_RETENTION_DAYS)
     cutoff_ns = int(span_cutoff.timestamp()) * 1_000_000_000
@@ -500,9 +468,6 @@ def retention(now: datetime | None = None) -> dict:
     report["runs_deleted"] = _delete_in_batches(Run.objects.filter(first_seen_at__lt=run_cutoff))
     report["compute_rows_deleted"] = _delete_in_batches(
         ComputeCost.objects.filter(hour__lt=run_cutoff))
-    # Chart samples (one per deployment every few seconds); the charts show an hour.
-    report["samples_deleted"] = _delete_in_batches(
-        DeploymentSample.objects.filter(at__lt=now - SAMPLE_RETENTION))
     return report
 
 
@@ -593,41 +558,25 @@ def _apply_orm(source, delta: RunDelta, now: datetime) -> tuple[Run, bool]:
 class RunAnnouncer:
     """Publishes ``run.finished`` for a deployment at most once per ``window``
     seconds per process, always including the last (trailing edge), without
-    blocking ingestion: the send (a query for the latest run, then the
-    publisher) happens on a timer thread. Best effort: the spans are already
-    committed, so a failing channel layer only logs."""
+    blocking ingestion: the events' coalescer, with every send (a query for
+    the latest run, then the publisher) on its timer thread. Best effort: the
+    spans are already committed, so a failing channel layer only logs."""
 
     def __init__(self, window: float = 1.0):
-        self.window = window
-        self.lock = threading.Lock()
-        self.last: dict[int, float] = {}
-        self.scheduled: set[int] = set()
+        self.coalescer = Coalescer(window, inline=False)
 
     def finished(self, team_id: int, deployment_id: int) -> None:
-        with self.lock:
-            if deployment_id in self.scheduled:
-                return
-            self.scheduled.add(deployment_id)
-            wait = max(0.0, self.last.get(deployment_id, 0.0) + self.window - time.monotonic())
-        timer = threading.Timer(wait, self._send, (team_id, deployment_id))
-        timer.daemon = True
-        timer.start()
+        self.coalescer.submit(deployment_id, partial(_announce, team_id, deployment_id))
 
-    def _send(self, team_id: int, deployment_id: int) -> None:
-        with self.lock:
-            self.scheduled.discard(deployment_id)
-            self.last[deployment_id] = time.monotonic()
-        try:
-            publish_latest_run(team_id, deployment_id)
-        except Exception:  # noqa: BLE001 - live events are best effort
-            log.warning("could not publish run.finished", exc_info=True)
-        finally:
-            connection.close()
+
+def _announce(team_id: int, deployment_id: int) -> None:
+    try:
+        publish_latest_run(team_id, deployment_id)
+    finally:
+        connection.close()  # a timer thread keeps no connection
 
 
 def publish_latest_run(team_id: int, deployment_id: int) -> None:
-    from deployments.events import publish
-
     run = (Run.objects.filter(deployment_id=deployment_id, root_span_id__isnull=False)
            .order_by("-started_at").values("id", "status").first())
     if run is not None:

@@ -18,10 +18,10 @@ from deployments import access as registry_access
 from deployments.audit import Actor
 from deployments.errors import DomainError
 from deployments.models import Agent, Deployment, Role, Team
-from deployments.views import DEPLOYMENT_QS, _actor, _scoped
+from deployments.web import request_actor, scoped_view
 
 from . import access, budgets, cost, traces
-from .forms import BudgetChangeForm, BudgetForm
+from .forms import BudgetChangeForm, BudgetForm, RunFilterForm
 from .models import Budget, BudgetEvent, Run, RunStatus
 
 
@@ -58,18 +58,19 @@ def active_alerts(team_id: int, agent_id: int | None = None) -> list[BudgetEvent
     return list(events)
 
 
-@_scoped
+@scoped_view
 @require_GET
 def cost_panel(request: HttpRequest, deployment_id: int) -> HttpResponse:
-    deployment = registry_access.get_for(_actor(request), DEPLOYMENT_QS, pk=deployment_id)
+    deployment = registry_access.get_for(request_actor(request), registry_access.DEPLOYMENTS,
+                                         pk=deployment_id)
     return render(request, "telemetry/includes/cost_panel.html", {"deployment": deployment})
 
 
-@_scoped
+@scoped_view
 @require_GET
 def deployment_runs(request: HttpRequest, deployment_id: int) -> HttpResponse:
-    actor = _actor(request)
-    deployment = registry_access.get_for(actor, DEPLOYMENT_QS, pk=deployment_id)
+    actor = request_actor(request)
+    deployment = registry_access.get_for(actor, registry_access.DEPLOYMENTS, pk=deployment_id)
     runs = Run.objects.filter(deployment_id=deployment.pk, root_span_id__isnull=False)
     status = request.GET.get("status", "")
     if status in (RunStatus.OK, RunStatus.ERROR):
@@ -91,10 +92,10 @@ def deployment_runs(request: HttpRequest, deployment_id: int) -> HttpResponse:
     return render(request, template, context)
 
 
-@_scoped
+@scoped_view
 @require_GET
 def run_detail(request: HttpRequest, run_id: int) -> HttpResponse:
-    run = access.get_run_for(_actor(request), run_id)
+    run = access.get_run_for(request_actor(request), run_id)
     deployment = Deployment.objects.select_related("agent__team").filter(
         pk=run.deployment_id).first()
     trace = traces.load(run)
@@ -107,10 +108,10 @@ def run_detail(request: HttpRequest, run_id: int) -> HttpResponse:
                    "ticks": [trace.total_ms * i / 4 for i in range(5)]})
 
 
-@_scoped
+@scoped_view
 @require_GET
 def costs_index(request: HttpRequest) -> HttpResponse:
-    actor = _actor(request)
+    actor = request_actor(request)
     month = cost.month_start()
     teams = [{"team": team, "month": cost.totals(month, team_id=team.pk),
               "alerts": active_alerts(team.pk)}
@@ -124,8 +125,8 @@ def _team_context(actor: Actor, team: Team, form: BudgetForm | None = None) -> d
     agents = Agent.objects.filter(team=team).order_by("slug")
     spent = cost.totals_by_deployment(month, team_id=team.pk)
     per_deployment = [{"deployment": d, "month": spent.get(d.pk, cost.Totals())}
-                      for d in DEPLOYMENT_QS.filter(agent__team=team).order_by("agent__slug",
-                                                                             "environment")]
+                      for d in registry_access.DEPLOYMENTS.filter(agent__team=team)
+                      .order_by("agent__slug", "environment")]
     team_budgets = [{"budget": b, **budgets.status(b, now),
                      "events": list(b.events.select_related("reverted_by")[:10])}
                     for b in Budget.objects.filter(team=team).select_related("agent")]
@@ -144,10 +145,10 @@ def _team_context(actor: Actor, team: Team, form: BudgetForm | None = None) -> d
     }
 
 
-@_scoped
+@scoped_view
 @require_GET
 def team_costs(request: HttpRequest, team_id: int) -> HttpResponse:
-    actor = _actor(request)
+    actor = request_actor(request)
     team = registry_access.get_team_for(actor, team_id)
     template = "telemetry/team_costs.html"
     if request.htmx and request.htmx.target == "team-costs":
@@ -155,10 +156,10 @@ def team_costs(request: HttpRequest, team_id: int) -> HttpResponse:
     return render(request, template, _team_context(actor, team))
 
 
-@_scoped
+@scoped_view
 @require_POST
 def budget_create(request: HttpRequest, team_id: int) -> HttpResponse:
-    actor = _actor(request)
+    actor = request_actor(request)
     team = registry_access.get_team_for(actor, team_id, Role.ADMIN)
     form = BudgetForm(request.POST, agents=Agent.objects.filter(team=team))
     if form.is_valid():
@@ -177,10 +178,10 @@ def budget_create(request: HttpRequest, team_id: int) -> HttpResponse:
                   status=422)
 
 
-@_scoped
+@scoped_view
 @require_POST
 def budget_update(request: HttpRequest, budget_id: int) -> HttpResponse:
-    actor = _actor(request)
+    actor = request_actor(request)
     budget = access.get_budget_for(actor, budget_id, Role.ADMIN)
     form = BudgetChangeForm(request.POST)
     if not form.is_valid():
@@ -191,10 +192,10 @@ def budget_update(request: HttpRequest, budget_id: int) -> HttpResponse:
     return redirect("telemetry:team-costs", team_id=budget.team_id)
 
 
-@_scoped
+@scoped_view
 @require_POST
 def budget_delete(request: HttpRequest, budget_id: int) -> HttpResponse:
-    actor = _actor(request)
+    actor = request_actor(request)
     budget = access.get_budget_for(actor, budget_id, Role.ADMIN)
     team_id = budget.team_id
     budgets.delete_budget(budget, actor=actor)
@@ -202,10 +203,10 @@ def budget_delete(request: HttpRequest, budget_id: int) -> HttpResponse:
     return redirect("telemetry:team-costs", team_id=team_id)
 
 
-@_scoped
+@scoped_view
 @require_POST
 def budget_event_revert(request: HttpRequest, event_id: int) -> HttpResponse:
-    actor = _actor(request)
+    actor = request_actor(request)
     event = access.get_budget_event_for(actor, event_id, Role.OPERATOR)
     try:
         event = budgets.revert_budget_event(event, actor=actor)
@@ -220,3 +221,53 @@ def budget_event_revert(request: HttpRequest, event_id: int) -> HttpResponse:
                                                     require_https=request.is_secure()):
         return redirect(next_url)
     return redirect("telemetry:team-costs", team_id=event.team_id)
+
+
+def filter_runs(runs, *, team=None, agent=None, deployment=None, status=None, since=None,
+                until=None, min_cost=None, max_cost=None, cost_unknown=None, model=None):
+    """``runs`` narrowed as ``GET /api/v1/runs`` narrows them: cost bounds
+    leave out runs whose cost is unknown (ask for those with ``cost_unknown``)."""
+    exact = {"team_id": team, "agent_id": agent, "deployment_id": deployment, "status": status,
+             "started_at__gte": since, "started_at__lt": until, "model": model}
+    runs = runs.filter(**{k: v for k, v in exact.items() if v is not None})
+    if min_cost is not None or max_cost is not None:
+        runs = runs.filter(unpriced_spans=0)
+        if min_cost is not None:
+            runs = runs.filter(cost_usd__gte=min_cost)
+        if max_cost is not None:
+            runs = runs.filter(cost_usd__lte=max_cost)
+    if cost_unknown is not None:
+        runs = runs.filter(unpriced_spans__gt=0) if cost_unknown else runs.filter(unpriced_spans=0)
+    return runs
+
+
+@scoped_view
+@require_GET
+def runs_index(request: HttpRequest) -> HttpResponse:
+    """Runs of every deployment the user can read, newest first, with the API's filters."""
+    actor = request_actor(request)
+    form = RunFilterForm(
+        request.GET or None,
+        teams=registry_access.readable(actor, Team.objects.order_by("slug")),
+        agents=registry_access.readable(actor, Agent.objects.select_related("team")
+                                        .order_by("team__slug", "slug")),
+        deployments=registry_access.readable(actor, registry_access.DEPLOYMENTS
+                                             .order_by("agent__slug", "environment")))
+    filters = {}
+    if form.is_bound:
+        form.is_valid()  # errors are shown next to their fields; the valid filters apply
+        filters = form.filters()
+    runs = filter_runs(registry_access.readable(actor, access.RUNS.all()), **filters)
+    page = Paginator(runs.order_by("-started_at", "-id"), 50).get_page(request.GET.get("page"))
+    rows = list(page)
+    names = {d.pk: d for d in Deployment.objects.select_related("agent").filter(
+        pk__in={r.deployment_id for r in rows})}
+    for run in rows:
+        run.deployment_row = names.get(run.deployment_id)
+    query = request.GET.copy()
+    query.pop("page", None)
+    context = {"form": form, "page": page, "rows": rows, "query": query.urlencode()}
+    template = "telemetry/runs.html"
+    if request.htmx and request.htmx.target == "runs-list":
+        template += "#runs-list"
+    return render(request, template, context)

@@ -11,7 +11,7 @@ from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_K
 from django.contrib.sessions.backends.db import SessionStore
 
 from controlplane.asgi import application
-from deployments.events import deployment_group, team_group
+from deployments.events import team_group
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.asyncio]
 
@@ -76,7 +76,10 @@ async def test_viewer_receives_its_team_events_and_outsider_nothing(in_memory_la
     # Even a message wrongly routed to the outsider's channel is dropped by the re-check.
     await layer.group_send(team_group(world_async.other_team.pk), message)
     assert await outsider.receive_nothing(timeout=0.3)
-    assert deployment_group(255) == "deployment.ff"
+    # Events go to one group per team (none per deployment: no socket would join
+    # it); its name is what Channels accepts, for any team id.
+    assert team_group(255) == "team.ff"
+    assert layer.require_valid_group_name(team_group(2**63 - 1))
     await viewer.disconnect()
     await outsider.disconnect()
 

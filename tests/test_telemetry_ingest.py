@@ -186,6 +186,7 @@ def test_concurrent_exports_are_committed_together_and_counted_once(settings):
     written together; duplicates across them (a retry racing its original) and
     against stored spans are still stored and counted once."""
     settings.HANGAR_INGEST_CONNECTIONS = 1
+    settings.HANGAR_INGEST_POOL = {**settings.HANGAR_INGEST_POOL, "min_size": 1, "max_size": 1}
     deployment = DeploymentFactory()
     token = give_token(deployment)
     traces = [agent_trace(calls=((i + 1, 1),)) for i in range(6)]
@@ -656,7 +657,7 @@ def test_publish_latest_run_sends_a_typed_event(deployment, client,
     from unittest import mock
 
     assert post(client, deployment.token, export(agent_trace())).status_code == 200
-    with mock.patch("deployments.events.publish") as publish:
+    with mock.patch("telemetry.storage.publish") as publish:
         storage.publish_latest_run(deployment.agent.team_id, deployment.pk)
     run = Run.objects.get()
     publish.assert_called_once_with(deployment.agent.team_id, "run.finished",

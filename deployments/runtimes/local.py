@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
+import psutil
 from django.conf import settings
 
 from .base import (
@@ -51,19 +52,28 @@ class LocalFeatures(Features):
 
 
 def _proc_start_time(pid: int) -> str | None:
-    """Process start time in clock ticks since boot; guards against pid reuse."""
+    """When the process started (``psutil``), as text; guards against pid reuse.
+    None for a process that is gone (a zombie child is reaped)."""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
+        process = psutil.Process(pid)
+        if process.status() == psutil.STATUS_ZOMBIE:
+            try:
+                os.waitpid(pid, os.WNOHANG)  # reap it if it is our child
+            except ChildProcessError:
+                pass
+            return None
+        return repr(process.create_time())
+    except psutil.Error:
         return None
-    fields = stat.rsplit(")", 1)[1].split()
-    if fields[0] == "Z":
-        try:
-            os.waitpid(pid, os.WNOHANG)  # reap it if it is our child
-        except ChildProcessError:
-            pass
-        return None
-    return fields[19]
+
+
+def _same_process(started: str | None, recorded: str | None) -> bool:
+    if started is None or not recorded:
+        return False
+    if "." not in recorded:  # written before psutil: clock ticks since boot
+        ticks = (float(started) - psutil.boot_time()) * os.sysconf("SC_CLK_TCK")
+        return abs(ticks - int(recorded)) < 1
+    return started == recorded
 
 
 class LocalRuntime(Runtime):
@@ -96,7 +106,7 @@ class LocalRuntime(Runtime):
             return None
 
     def _alive(self, state: dict) -> bool:
-        return _proc_start_time(state["pid"]) == state.get("proc_start")
+        return _same_process(_proc_start_time(state["pid"]), state.get("proc_start"))
 
     def _command(self, spec: InstanceSpec) -> list[str]:
         command = list(spec.command)
@@ -258,38 +268,39 @@ class LocalRuntime(Runtime):
         state = self._read(self._dir(deployment_id, name))
         if state is None or not self._alive(state):
             return None
-        pid = state["pid"]
-
-        def ticks() -> int:
-            total = 0
-            for child in [pid, *_children(pid)]:
-                try:
-                    fields = Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()
-                    total += int(fields[11]) + int(fields[12])
-                except (OSError, IndexError, ValueError):
-                    pass
-            return total
-
-        first, started = ticks(), time.monotonic()
-        time.sleep(0.2)
-        used = (ticks() - first) / os.sysconf("SC_CLK_TCK")
-        memory = 0
-        for child in [pid, *_children(pid)]:
-            try:
-                memory += int(Path(f"/proc/{child}/statm").read_text().split()[1]) * \
-                    os.sysconf("SC_PAGE_SIZE")
-            except (OSError, IndexError, ValueError):
-                pass
+        try:
+            process = psutil.Process(state["pid"])
+            first, started = _cpu_seconds(process), time.monotonic()
+            time.sleep(0.2)
+            used = _cpu_seconds(process) - first
+            memory = sum(_rss(p) for p in [process, *_descendants(process)])
+        except psutil.Error:
+            return None
         return Usage(cpu_percent=round(used / (time.monotonic() - started) * 100, 2),
                      memory_bytes=memory)
 
 
-def _children(pid: int) -> list[int]:
+def _descendants(process: psutil.Process) -> list[psutil.Process]:
     try:
-        found = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    except OSError:
+        return process.children(recursive=True)
+    except psutil.Error:
         return []
-    result = [int(c) for c in found]
-    for child in list(result):
-        result.extend(_children(child))
-    return result
+
+
+def _cpu_seconds(process: psutil.Process) -> float:
+    """User and system CPU time of the process and its descendants alive now."""
+    total = 0.0
+    for member in [process, *_descendants(process)]:
+        try:
+            times = member.cpu_times()
+        except psutil.Error:
+            continue  # exited meanwhile
+        total += times.user + times.system
+    return total
+
+
+def _rss(process: psutil.Process) -> int:
+    try:
+        return process.memory_info().rss
+    except psutil.Error:
+        return 0
