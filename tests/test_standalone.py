@@ -235,3 +235,49 @@ def test_run_command_serves_the_demo_dashboard_and_stops_cleanly(tmp_path):
     finally:
         stop(process)
         kill_local_agents(data_dir)
+
+
+def test_run_on_postgres_and_redis_generates_and_keeps_its_keys(tmp_path):
+    import psycopg
+    import redis
+
+    database = f"{os.environ.get('HANGAR_TEST_DB_NAME', 'test_hangar')}_run"
+    redis_url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/15")
+    with psycopg.connect("postgresql://postgres@127.0.0.1:5432/postgres",
+                         autocommit=True) as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+        admin.execute(f'CREATE DATABASE "{database}"')
+    redis.Redis.from_url(redis_url).flushdb()
+    services = {"DATABASE_URL": f"postgres://postgres@127.0.0.1:5432/{database}",
+                "REDIS_URL": redis_url}
+    data_dir = tmp_path / "var"
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    process, log = start(data_dir, port, **services)
+    try:
+        wait_for(f"{base}/healthz", process, log, timeout=300)
+        assert "ConfigError" not in log.read_text()
+        keys = {name: (data_dir / name).read_text()
+                for name in ("hangar_secret_key", "hangar_encryption_key")}
+        assert all(keys.values())
+        assert not (data_dir / "hangar.sqlite3").exists()
+        session = login(base, password_from(log))
+        assert wait_healthy(session, base)["health_reason"] == "1 of 1 replicas healthy"
+        os.kill(process.pid, signal.SIGTERM)
+        process.wait(timeout=STOP_WITHIN_S)
+
+        # The same keys next time: the session stays valid, secrets still decrypt.
+        process, log = start(data_dir, port, **services)
+        wait_for(f"{base}/healthz", process, log, timeout=180)
+        assert {name: (data_dir / name).read_text() for name in keys} == keys
+        fleet = session.get(f"{base}/fleet/", timeout=10)
+        assert fleet.url == f"{base}/fleet/" and "demo-assistant" in fleet.text
+        assert wait_healthy(session, base)["health"] == "Healthy"
+    finally:
+        stop(process)
+        subprocess.run(["bash", "scripts/run", "stop"], cwd=ROOT, capture_output=True,
+                       env=run_env(data_dir, port, **services), timeout=120)
+        kill_local_agents(data_dir)
+        with psycopg.connect("postgresql://postgres@127.0.0.1:5432/postgres",
+                             autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
