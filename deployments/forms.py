@@ -12,6 +12,7 @@ from .models import (
     Pattern,
     Target,
     Team,
+    TokenScope,
     slug_validator,
 )
 
@@ -20,7 +21,8 @@ class AgentForm(forms.Form):
     team = forms.ModelChoiceField(queryset=Team.objects.none(), empty_label=None)
     name = forms.CharField(max_length=100)
     slug = forms.CharField(max_length=63, validators=[slug_validator],
-                           help_text="Lowercase letters, digits and hyphens; unique in the team.")
+                           help_text="Lowercase letters, digits and hyphens; unique in the team.",
+                           widget=forms.TextInput(attrs={"data-slug-from": "name"}))
     pattern = forms.ChoiceField(choices=Pattern.choices)
     description = forms.CharField(widget=forms.Textarea(attrs={"rows": 3}), required=False)
 
@@ -99,3 +101,13 @@ class ScaleForm(forms.Form):
 
 class StateForm(forms.Form):
     state = forms.ChoiceField(choices=DeploymentState.choices)
+
+
+class TokenForm(forms.Form):
+    name = forms.CharField(max_length=100, help_text="What uses it, e.g. ci-deploy.")
+    scope = forms.ChoiceField(choices=TokenScope.choices, initial=TokenScope.READ,
+                              help_text="Never more than your own role allows.")
+    expires_at = forms.DateTimeField(
+        label="Expires", required=False,
+        widget=forms.DateTimeInput(attrs={"type": "datetime-local"}),
+        help_text="Leave empty for a token that does not expire.")

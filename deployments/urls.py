@@ -22,4 +22,7 @@ urlpatterns = [
          name="deployment-restart"),
     path("deployments/<int:deployment_id>/instances/<str:name>/logs/", views.instance_logs,
          name="instance-logs"),
+    path("tokens/", views.tokens_index, name="tokens"),
+    path("teams/<int:team_id>/tokens/", views.team_tokens, name="team-tokens"),
+    path("tokens/<int:token_id>/revoke/", views.token_revoke, name="token-revoke"),
 ]

@@ -1,4 +1,5 @@
-"""Per-deployment figures for the fleet overview, in two queries per page."""
+"""Per-deployment figures for the fleet overview, in two queries per page (three
+when some runs today used a model without a known price)."""
 from __future__ import annotations
 
 from datetime import timedelta
@@ -21,6 +22,12 @@ def deployment_summaries(deployment_ids: list[int]) -> dict[int, dict]:
                                      started_at__gte=timezone.now() - RATE_WINDOW)
                   .values("deployment_id").annotate(n=Count("id"))
                   .values_list("deployment_id", "n"))
+    unpriced: dict[int, set[str]] = {}
+    if any(t.unpriced_runs for t in today.values()):
+        for pk, model in (Run.objects.filter(deployment_id__in=deployment_ids,
+                                             started_at__gte=day_start(), unpriced_spans__gt=0)
+                          .values_list("deployment_id", "model").distinct()):
+            unpriced.setdefault(pk, set()).add(model or "a model without a name")
     found: dict[int, dict] = {}
     for pk in deployment_ids:
         totals = today.get(pk)
@@ -28,6 +35,7 @@ def deployment_summaries(deployment_ids: list[int]) -> dict[int, dict]:
             "runs_per_minute": round(recent.get(pk, 0) / (RATE_WINDOW.total_seconds() / 60), 1),
             "cost_today": totals.total_usd if totals else None,
             "cost_unknown": bool(totals and totals.unpriced_runs),
+            "unpriced_models": sorted(unpriced.get(pk, ())),
         }
     return found
 

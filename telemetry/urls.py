@@ -14,5 +14,6 @@ urlpatterns = [
          name="budget-event-revert"),
     path("deployments/<int:deployment_id>/runs/", views.deployment_runs, name="deployment-runs"),
     path("deployments/<int:deployment_id>/cost-panel/", views.cost_panel, name="cost-panel"),
+    path("runs/", views.runs_index, name="runs"),
     path("runs/<int:run_id>/", views.run_detail, name="run"),
 ]

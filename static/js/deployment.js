@@ -36,7 +36,8 @@ window.hangarFollow = hangarFollow;
   line("chart-load", ["cpu %", "in flight"]);
   line("chart-runs", ["p50 latency ms", "runs/min"]);
   line("chart-cost", ["$ / min"]);
-  const hhmm = (t) => new Date(t).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit", second: "2-digit" });
+  // 24-hour clock whatever the locale, as the timeline (H:i:s).
+  const hhmm = (t) => new Date(t).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit", second: "2-digit", hourCycle: "h23" });
   function set(id, labels, series) {
     const chart = charts[id];
     chart.data.labels = labels.map(hhmm);
