@@ -38,8 +38,10 @@ def failed(kind: str, what: str, exc: BaseException) -> None:
     with _lock:
         _counts[kind] += 1
         total = _counts[kind]
-    log.warning("%s failed after commit (%s): %s: %s; the periodic sweep repairs it "
-                "(%d lost in this process)", kind, what, type(exc).__name__, exc, total)
+    repair = ("the periodic sweep repairs it" if kind == "enqueue"
+              else "live pages re-sync when they reconnect")
+    log.warning("%s failed after commit (%s): %s: %s; %s (%d lost in this process)",
+                kind, what, type(exc).__name__, exc, repair, total)
 
 
 def counts() -> dict[str, int]:
