@@ -20,6 +20,8 @@ urlpatterns = [
          name="deployment-delete"),
     path("deployments/<int:deployment_id>/restart/", views.deployment_restart,
          name="deployment-restart"),
+    path("deployments/<int:deployment_id>/rollback/", views.deployment_rollback,
+         name="deployment-rollback"),
     path("deployments/<int:deployment_id>/instances/<str:name>/logs/", views.instance_logs,
          name="instance-logs"),
     path("tokens/", views.tokens_index, name="tokens"),

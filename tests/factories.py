@@ -3,6 +3,7 @@ from __future__ import annotations
 import factory
 from django.contrib.auth import get_user_model
 
+from deployments import revisions
 from deployments.models import (
     Agent,
     AgentVersion,
@@ -87,12 +88,19 @@ class TargetFactory(factory.django.DjangoModelFactory):
 class DeploymentFactory(factory.django.DjangoModelFactory):
     class Meta:
         model = Deployment
+        skip_postgeneration_save = True
 
     agent = factory.SubFactory(AgentFactory)
     version = factory.LazyAttribute(lambda o: VersionFactory(agent=o.agent))
     target = factory.LazyAttribute(lambda o: TargetFactory(team=o.agent.team))
     environment = "production"
     replicas = 1
+
+    @factory.post_generation
+    def first_revision(obj, create, extracted, **kwargs):
+        """Revision 1, as ``actions.create_deployment`` makes it."""
+        if create:
+            revisions.desired(obj)
 
 
 class SecretFactory(factory.django.DjangoModelFactory):

@@ -49,7 +49,8 @@ ROUTES = [
     ("list-events", "GET", "/deployments/{deployment}/events", None, "viewer", 200),
     ("restart-deployment", "POST", "/deployments/{deployment}/restart", None, "operator", 200),
     ("rollback-deployment", "POST", "/deployments/{deployment}/rollback",
-     {"version_id": "{spare_version}"}, "operator", 200),
+     {"revision": 2}, "operator", 200),
+    ("list-revisions", "GET", "/deployments/{deployment}/revisions", None, "viewer", 200),
     ("create-secret", "POST", "/secrets", {"team_id": "{team}", "name": "DB_URL",
                                             "value": "postgres://u:p@h/db"}, "admin", 201),
     ("get-secret", "GET", "/secrets/{secret}", None, "viewer", 200),
@@ -81,6 +82,16 @@ LISTS = ["/teams", "/agents", "/targets", "/deployments", "/secrets", "/tokens",
 # (test_api), log tails and SSE (test_reconciler_local).
 ELSEWHERE = {("POST", "/teams"), ("GET", "/audit"),
              ("GET", "/deployments/{}/instances/{}/logs")}
+
+
+@pytest.fixture(autouse=True)
+def revision_history(world):
+    """Revisions 1 (v1), 2 (v2) and 3 (v1 again): something to roll back to."""
+    from deployments import actions
+    from deployments.audit import SYSTEM
+
+    actions.update_deployment(world.deployment, version=world.spare_version, actor=SYSTEM)
+    actions.update_deployment(world.deployment, version=world.version, actor=SYSTEM)
 
 
 @pytest.fixture(autouse=True)
