@@ -2,11 +2,15 @@
 
 Hangar: a real Celery worker (with beat) reconciles a deployment of the
 reference agent across two real Docker hosts after ``replicas`` is set to N.
-Baseline, in the same run: a plain docker SDK loop doing the same work —
-create, start, wait until every replica answers its readiness probe — over
-the same two hosts. The last line is ``ratio=<hangar s / baseline s>``.
+Two baselines, in the same run, doing the same work — create, start, wait
+until every replica answers its readiness probe — over the same two hosts:
+a plain docker SDK loop (sequential), and the same loop with one thread per
+host. Each N is measured ``--runs`` times (baselines and Hangar interleaved);
+the summary gives medians and spread, and per N a line
+``n=<N> ratio=<hangar / sequential> ratio_threaded=<hangar / threaded>``
+(medians of the per-run ratios).
 
-    .venv/bin/python bench/launch.py 20
+    .venv/bin/python bench/launch.py 20 60 --runs 3
 """
 from __future__ import annotations
 
@@ -14,9 +18,11 @@ import argparse
 import os
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -69,21 +75,39 @@ def free_ports(count: int, start: int = 31000) -> list[int]:
     return ports
 
 
-def baseline(urls: list[str], n: int, image: str) -> float:
+def _launch(client, image: str, index: int, port: int):
+    c = client.containers.create(
+        image, name=f"bench-baseline-{index}", network_mode="host", detach=True,
+        environment={"PORT": str(port), "AGENT_MODE": "realtime"},
+        labels={"bench": "baseline"}, nano_cpus=int(0.2e9), mem_limit="128m")
+    c.start()
+    return c
+
+
+def baseline(urls: list[str], n: int, image: str, *, threaded: bool = False) -> float:
+    """The docker SDK loop: sequential, or with one thread per host."""
     import docker
 
     clients = [docker.DockerClient(base_url=u) for u in urls]
     ports = free_ports(n)
-    made = []
+    made: list = []
+    shares = [[(i, port) for i, port in enumerate(ports) if i % len(clients) == k]
+              for k in range(len(clients))]
+
+    def host_loop(k: int) -> None:
+        for i, port in shares[k]:
+            made.append(_launch(clients[k], image, i, port))
+
     started = time.perf_counter()
-    for i, port in enumerate(ports):
-        client = clients[i % len(clients)]
-        c = client.containers.create(
-            image, name=f"bench-baseline-{i}", network_mode="host", detach=True,
-            environment={"PORT": str(port), "AGENT_MODE": "realtime"},
-            labels={"bench": "baseline"}, nano_cpus=int(0.2e9), mem_limit="128m")
-        c.start()
-        made.append(c)
+    if threaded:
+        threads = [threading.Thread(target=host_loop, args=(k,)) for k in range(len(clients))]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    else:
+        for i, port in enumerate(ports):
+            made.append(_launch(clients[i % len(clients)], image, i, port))
     pending = set(ports)
     while pending:
         pending = {p for p in pending if not ready(p)}
@@ -92,32 +116,42 @@ def baseline(urls: list[str], n: int, image: str) -> float:
     elapsed = time.perf_counter() - started
     for c in made:
         c.remove(force=True)
+    for client in clients:
+        client.close()
     return elapsed
 
 
-def hangar(urls: list[str], n: int, image: str) -> float:
-    from deployments import actions
-    from deployments.audit import SYSTEM
-    from deployments.models import Deployment, Instance
-    from tests.factories import AgentFactory, TargetFactory, VersionFactory
+class Hangar:
+    """One deployment over the two hosts and a real worker (with beat)."""
 
-    agent = AgentFactory(slug="bench")
-    version = VersionFactory(agent=agent, image=image, port=8080, cpu="0.2", memory_mb=128,
-                             env={"AGENT_MODE": "realtime"})
-    targets = [TargetFactory(team=agent.team, name=f"docker-{i}", kind="docker",
-                             labels={"pool": "bench"}, connection={"url": u})
-               for i, u in enumerate(urls)]
-    deployment = Deployment.objects.create(agent=agent, version=version, target=targets[0],
-                                           replicas=0, placement={"pool": "bench"})
-    log = Path(tempfile.mkdtemp()) / "worker.log"
-    env = dict(os.environ, HANGAR_SWEEP_SECONDS="2")
-    worker = subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "controlplane", "worker", "--beat",
-         "--concurrency=2", "--loglevel=WARNING", "--schedule", str(log) + ".beat"],
-        cwd=ROOT, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT,
-        start_new_session=True)
-    try:
-        time.sleep(6)  # let the worker connect before the clock starts
+    def __init__(self, urls: list[str], image: str):
+        from deployments.models import Deployment
+        from tests.factories import AgentFactory, TargetFactory, VersionFactory
+
+        agent = AgentFactory(slug="bench")
+        version = VersionFactory(agent=agent, image=image, port=8080, cpu="0.2",
+                                 memory_mb=128, env={"AGENT_MODE": "realtime"})
+        targets = [TargetFactory(team=agent.team, name=f"docker-{i}", kind="docker",
+                                 labels={"pool": "bench"}, connection={"url": u})
+                   for i, u in enumerate(urls)]
+        self.deployment = Deployment.objects.create(
+            agent=agent, version=version, target=targets[0], replicas=0,
+            placement={"pool": "bench"})
+        self.log = Path(tempfile.mkdtemp()) / "worker.log"
+        env = dict(os.environ, HANGAR_SWEEP_SECONDS="2")
+        self.worker = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "controlplane", "worker", "--beat",
+             "--concurrency=2", "--loglevel=WARNING", "--schedule", str(self.log) + ".beat"],
+            cwd=ROOT, env=env, stdout=self.log.open("w"), stderr=subprocess.STDOUT,
+            start_new_session=True)
+        time.sleep(6)  # let the worker connect before any clock starts
+
+    def launch(self, n: int) -> float:
+        from deployments import actions
+        from deployments.audit import SYSTEM
+        from deployments.models import Instance
+
+        deployment = self.deployment
         started = time.perf_counter()
         actions.scale_deployment(deployment, replicas=n, actor=SYSTEM)
         while True:
@@ -125,34 +159,61 @@ def hangar(urls: list[str], n: int, image: str) -> float:
             if healthy >= n:
                 break
             if time.perf_counter() - started > 600:
-                raise SystemExit(f"hangar did not converge:\n{log.read_text()[-3000:]}")
+                raise SystemExit(f"hangar did not converge:\n{self.log.read_text()[-3000:]}")
             time.sleep(0.05)
         elapsed = time.perf_counter() - started
-        actions.update_deployment(deployment, state="stopped", actor=SYSTEM)
-        deadline = time.monotonic() + 120
+        actions.scale_deployment(deployment, replicas=0, actor=SYSTEM)
+        deadline = time.monotonic() + 180
         while Instance.objects.filter(deployment=deployment).exists() and \
                 time.monotonic() < deadline:
             time.sleep(0.5)
-    finally:
-        os.killpg(worker.pid, signal.SIGTERM)
-        worker.wait(timeout=60)
-    return elapsed
+        return elapsed
+
+    def close(self) -> None:
+        os.killpg(self.worker.pid, signal.SIGTERM)
+        self.worker.wait(timeout=60)
+
+
+def spread(values: list[float]) -> str:
+    return (f"median {statistics.median(values):.2f} (min {min(values):.2f}, "
+            f"max {max(values):.2f}, n={len(values)})")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("n", type=int, nargs="?", default=20)
+    parser.add_argument("n", type=int, nargs="*", default=[20, 60])
+    parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--image", default="hangar/reference-agent:latest")
     args = parser.parse_args()
     sh("scripts/docker-hosts.sh", "start", "2")
     urls = sh("scripts/docker-hosts.sh", "hosts", "2").split()
     sh("scripts/images.sh", "ensure", *urls)
     prepare_database()
-    base = baseline(urls, args.n, args.image)
-    print(f"baseline: docker SDK loop, {args.n} replicas healthy in {base:.2f}s", flush=True)
-    ours = hangar(urls, args.n, args.image)
-    print(f"hangar: replicas={args.n} to {args.n} healthy in {ours:.2f}s", flush=True)
-    print(f"ratio={ours / base:.3f}")
+    ours = Hangar(urls, args.image)
+    results: dict[int, dict[str, list[float]]] = {
+        n: {"sequential": [], "threaded": [], "hangar": []} for n in args.n}
+    try:
+        for run in range(1, args.runs + 1):
+            for n in args.n:
+                r = results[n]
+                r["sequential"].append(baseline(urls, n, args.image))
+                r["threaded"].append(baseline(urls, n, args.image, threaded=True))
+                r["hangar"].append(ours.launch(n))
+                print(f"run {run} n={n}: sequential {r['sequential'][-1]:.2f}s, threaded "
+                      f"{r['threaded'][-1]:.2f}s, hangar {r['hangar'][-1]:.2f}s", flush=True)
+    finally:
+        ours.close()
+    for n, r in results.items():
+        seq = [h / b for h, b in zip(r["hangar"], r["sequential"], strict=True)]
+        thr = [h / b for h, b in zip(r["hangar"], r["threaded"], strict=True)]
+        print(f"n={n}: sequential {spread(r['sequential'])}; threaded {spread(r['threaded'])}; "
+              f"hangar {spread(r['hangar'])}")
+        print(f"n={n}: ratio vs sequential {spread(seq)}; vs threaded {spread(thr)}")
+    for n, r in results.items():
+        seq = [h / b for h, b in zip(r["hangar"], r["sequential"], strict=True)]
+        thr = [h / b for h, b in zip(r["hangar"], r["threaded"], strict=True)]
+        print(f"n={n} ratio={statistics.median(seq):.3f} "
+              f"ratio_threaded={statistics.median(thr):.3f}")
 
 
 if __name__ == "__main__":

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import tempfile
 from collections.abc import Iterator
-from datetime import datetime
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -35,6 +36,7 @@ from .base import (
 )
 
 STOP_TIMEOUT_S = 5
+INSPECT_PARALLEL = 8  # the SDK's connection pool holds 10
 
 
 class DockerFeatures(Features):
@@ -149,20 +151,45 @@ class DockerRuntime(Runtime):
             raise RuntimeFailure(f"inspect {name}: {exc}") from None
 
     def ensure_instance(self, spec: InstanceSpec) -> ObservedInstance:
+        # The common case is a new instance: create and start it in two calls
+        # (no lookup, no image check — a missing image fails the create — and
+        # no inspect; the next list reads its state). A name clash means it
+        # exists (a crash after create, or a restart): start it if stopped.
+        created = self._call(f"create {spec.name}", self._create_unless_exists, spec)
+        if created is None:
+            return self._ensure_existing(spec)
+        self._call(f"start {spec.name}", self.client.api.start, created["Id"])
+        port = spec.port
+        return ObservedInstance(
+            name=spec.name, runtime_id=created["Id"][:12], generation=spec.generation,
+            version=spec.version, phase="starting", host=self.target.name,
+            address=f"{self.bind_address}:{port}" if port else "", port=port,
+            started_at=datetime.now(UTC))
+
+    def _create_unless_exists(self, spec: InstanceSpec) -> dict | None:
+        try:
+            return self.client.api.create_container(**self._create_args(spec))
+        except APIError as exc:
+            if exc.status_code == 409:  # the name is taken: it exists
+                return None
+            raise
+
+    def _ensure_existing(self, spec: InstanceSpec) -> ObservedInstance:
         container = self._find(spec.deployment_id, spec.name)
         if container is None:
-            container = self._create(spec)
+            raise RuntimeFailure(f"create {spec.name}: name in use, container gone; retrying")
         if container.status != "running":
             self._call(f"start {spec.name}", container.start)
             self._call(f"inspect {spec.name}", container.reload)
         return self._observe(container)
 
-    def _create(self, spec: InstanceSpec):
-        image = spec.image
-        self._call(f"image {image}", self.client.images.get, image)
+    def _create_args(self, spec: InstanceSpec) -> dict:
+        """Low-level create_container arguments (one API call)."""
         env = dict(spec.env)
         labels = spec.labels()
-        kwargs: dict = {}
+        host_config: dict = {"nano_cpus": int(spec.cpu * 1e9), "mem_limit": f"{spec.memory_mb}m",
+                             "restart_policy": {"Name": "no"}}
+        ports = None
         if spec.port:
             env["PORT"] = str(spec.port)
             labels[LABEL_PORT] = str(spec.port)
@@ -170,17 +197,16 @@ class DockerRuntime(Runtime):
                 env.setdefault("AGENT_BIND", self.bind_address)
             else:
                 env.setdefault("AGENT_BIND", "0.0.0.0")
-                kwargs["ports"] = {f"{spec.port}/tcp": (self.bind_address, spec.port)}
+                ports = [spec.port]
+                host_config["port_bindings"] = {spec.port: (self.bind_address, spec.port)}
         if self.host_network:
-            kwargs["network_mode"] = "host"
-        return self._call(
-            f"create {spec.name}", self.client.containers.create, image,
-            command=list(spec.command) or None,
-            name=self.container_name(spec.deployment_id, spec.name),
-            labels=labels, environment=env, detach=True,
-            nano_cpus=int(spec.cpu * 1e9), mem_limit=f"{spec.memory_mb}m",
-            restart_policy={"Name": "no"}, **kwargs,
-        )
+            host_config["network_mode"] = "host"
+        return {
+            "image": spec.image, "command": list(spec.command) or None,
+            "name": self.container_name(spec.deployment_id, spec.name), "labels": labels,
+            "environment": env, "detach": True, "ports": ports,
+            "host_config": self.client.api.create_host_config(**host_config),
+        }
 
     def remove_instance(self, deployment_id: int, name: str) -> None:
         container = self._find(deployment_id, name)
@@ -196,12 +222,28 @@ class DockerRuntime(Runtime):
             raise RuntimeFailure(f"remove {name}: {exc}") from None
 
     def list_instances(self, deployment_id: int) -> list[ObservedInstance]:
-        containers = self._call(
-            "list containers", self.client.containers.list, all=True,
-            filters={"label": [f"{LABEL_DEPLOYMENT}={deployment_id}", f"{LABEL_MANAGED}=true"]},
-            ignore_removed=True,
-        )
-        return [self._observe(c) for c in containers if "hangar.job" not in c.labels]
+        """One list call, then the inspects in parallel (the SDK's list
+        inspects one container after the other)."""
+        found = self._call(
+            "list containers", self.client.api.containers, all=True,
+            filters={"label": [f"{LABEL_DEPLOYMENT}={deployment_id}", f"{LABEL_MANAGED}=true"]})
+        ids = [c["Id"] for c in found if "hangar.job" not in (c.get("Labels") or {})]
+        if len(ids) <= 1:
+            details = [self._inspect(i) for i in ids]
+        else:
+            with ThreadPoolExecutor(max_workers=min(INSPECT_PARALLEL, len(ids))) as pool:
+                details = list(pool.map(self._inspect, ids))
+        return [self._observe(self.client.containers.prepare_model(attrs))
+                for attrs in details if attrs is not None]
+
+    def _inspect(self, container_id: str) -> dict | None:
+        """A container's details, or None if it was removed since the list."""
+        try:
+            return self.client.api.inspect_container(container_id)
+        except NotFound:
+            return None
+        except (APIError, requests.RequestException, DockerException, OSError) as exc:
+            raise RuntimeFailure(f"inspect: Docker at {self.url}: {exc}") from None
 
     def managed_deployment_ids(self) -> set[int]:
         containers = self._call("list containers", self.client.containers.list, all=True,
