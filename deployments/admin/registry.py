@@ -15,6 +15,7 @@ from ..models import (
     AuditEvent,
     Deployment,
     Instance,
+    Revision,
     Secret,
     Target,
 )
@@ -161,6 +162,16 @@ class InstanceAdmin(ReadOnlyAdmin):
     list_filter = ["phase", "health", "deployment__agent__team"]
     search_fields = ["name", "runtime_id", "host"]
     list_select_related = ["deployment__agent__team"]
+
+
+@admin.register(Revision)
+class RevisionAdmin(ReadOnlyAdmin):
+    """Revisions are made by the deployment verbs; roll back from the UI or API."""
+
+    list_display = ["deployment", "number", "version", "cause", "actor_label", "created_at"]
+    list_filter = ["deployment__agent__team", "created_at"]
+    search_fields = ["deployment__agent__slug", "deployment__environment", "cause", "digest"]
+    list_select_related = ["deployment__agent__team", "deployment__target", "version__agent"]
 
 
 # Secrets and tokens ------------------------------------------------------------------
