@@ -288,3 +288,21 @@ def test_superuser_session_sees_every_team(world):
     client.force_login(root)
     slugs = {t["slug"] for t in client.get("/api/v1/teams").json()["items"]}
     assert {"acme", "umbrella"} <= slugs
+
+
+def test_auth_is_configured_once_on_the_api():
+    """No router or route sets its own auth: the NinjaAPI's applies to all of them
+    (the matrix above checks that anonymous callers get 401 everywhere)."""
+    from ninja.constants import NOT_SET
+
+    from controlplane.api import api
+    from controlplane.auth import API_AUTH
+    from deployments.api import router as deployments_router
+    from telemetry.api import router as telemetry_router
+
+    assert api.auth == API_AUTH
+    for router in (deployments_router, telemetry_router):
+        assert router.auth is NOT_SET
+        for path_view in router.path_operations.values():
+            for operation in path_view.operations:
+                assert operation.auth_param is NOT_SET, operation.path
