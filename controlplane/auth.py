@@ -22,14 +22,21 @@ class BearerToken(HttpBearer):
 
 
 class Session(APIKeyCookie):
-    """Session cookie auth for the UI's own calls; CSRF enforced on writes."""
+    """Session cookie auth for the UI's own calls; CSRF enforced on writes.
+
+    A request without a logged-in session is unauthenticated (401) whatever
+    cookie it sends; only a real session's write without the CSRF token is
+    refused as such (403)."""
 
     param_name = "sessionid"
 
+    def __call__(self, request: HttpRequest) -> Actor | None:
+        if not request.user.is_authenticated:
+            return None
+        return super().__call__(request)
+
     def authenticate(self, request: HttpRequest, key: str | None) -> Actor | None:
-        if request.user.is_authenticated:
-            return Actor.from_request(request, "api")
-        return None
+        return Actor.from_request(request, "api")
 
 
 API_AUTH = [BearerToken(), Session()]

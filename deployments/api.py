@@ -4,13 +4,16 @@ Every handler resolves the caller into an ``Actor`` (bearer token or session),
 fetches through ``access`` (outsiders 404, low roles 403) and changes state
 only through ``actions``.
 """
+from typing import Annotated
+
 from django.db.models import QuerySet
 from django.http import HttpRequest
-from ninja import Query, Router, Schema, Status
+from ninja import Field, Query, Router, Schema, Status
 from ninja.pagination import LimitOffsetPagination, paginate
 
-from . import access, actions
+from . import access, actions, revisions
 from .audit import Actor
+from .errors import Conflict, Forbidden, NotFound, may_raise
 from .models import (
     Agent,
     AgentVersion,
@@ -37,10 +40,12 @@ from .schemas import (
     Id,
     InstanceOut,
     KindName,
+    LogTail,
     MemberIn,
     MemberOut,
     MemberPatch,
     PatternName,
+    RevisionOut,
     RollbackIn,
     SecretIn,
     SecretOut,
@@ -68,13 +73,15 @@ def actor_of(request: HttpRequest) -> Actor:
 
 
 class Page(LimitOffsetPagination):
+    """Every list: ``limit`` (1–500) items from ``offset``, and the ``count``
+    of all that match."""
+
     class Input(Schema):
-        limit: int = 50
-        offset: int = 0
+        limit: Annotated[int, Field(ge=1, le=500)] = 50
+        offset: Annotated[int, Field(ge=0, le=2**62)] = 0
 
     def paginate_queryset(self, queryset, pagination: Input, **params):
-        limit = min(max(pagination.limit, 1), 500)
-        offset = max(pagination.offset, 0)
+        offset, limit = pagination.offset, pagination.limit
         return {"items": queryset[offset: offset + limit], "count": self._items_count(queryset)}
 
 
@@ -100,8 +107,6 @@ def _team_out(team: Team, roles) -> dict:
 def create_team(request, payload: TeamIn):
     actor = actor_of(request)
     if actor.token is not None:
-        from .errors import Forbidden
-
         raise Forbidden("Teams are created by a person, not a token.")
     team = actions.create_team(name=payload.name, slug=payload.slug, actor=actor)
     return Status(201, _team_out(team, access.team_roles(actor)))
@@ -129,9 +134,10 @@ def delete_team(request, team_id: Id):
 
 
 @router.get("/teams/{team_id}/members", response=list[MemberOut], tags=["teams"])
+@paginate(Page)
 def list_members(request, team_id: Id):
     team = access.get_team_for(actor_of(request), team_id)
-    return team.memberships.select_related("user")
+    return team.memberships.select_related("user").order_by("created_at", "id")
 
 
 @router.post("/teams/{team_id}/members", response={201: MemberOut}, tags=["teams"])
@@ -285,7 +291,7 @@ def delete_target(request, target_id: Id):
 
 # Deployments --------------------------------------------------------------------
 
-DEPLOYMENTS = Deployment.objects.select_related("agent", "version")
+DEPLOYMENTS = Deployment.objects.select_related("agent", "version", "revision")
 
 
 @router.get("/deployments", response=list[DeploymentOut], tags=["deployments"])
@@ -310,10 +316,10 @@ def create_deployment(request, payload: DeploymentIn):
         version = versions.filter(pk=payload.version_id).first()
     else:
         version = versions.order_by("-number").first()
+    if version is None and payload.version_id is not None:
+        raise NotFound("Version not found.")
     if version is None:
-        from .errors import Invalid
-
-        raise Invalid({"version_id": ["No such version of this agent (add a version first)."]})
+        raise Conflict({"version_id": ["The agent has no version yet: add one first."]})
     fields = payload.dict(exclude={"agent_id", "target_id", "version_id"}, exclude_none=True)
     deployment = actions.create_deployment(agent, version=version, target=target, actor=actor,
                                            **fields)
@@ -334,13 +340,8 @@ def update_deployment(request, deployment_id: Id, payload: DeploymentPatch):
         version_id = changes.pop("version_id")
         version = deployment.agent.versions.filter(pk=version_id).first()
         if version is None:
-            from .errors import Invalid
-
-            raise Invalid({"version_id": ["No such version of this agent."]})
+            raise NotFound("Version not found.")
         changes["version"] = version
-    for nullable in ("autoscale_signal", "rollout_strategy"):
-        if nullable in changes and changes[nullable] is None:
-            changes.pop(nullable)
     actions.update_deployment(deployment, actor=actor, **changes)
     return DEPLOYMENTS.get(pk=deployment.pk)
 
@@ -366,25 +367,33 @@ def restart_deployment(request, deployment_id: Id):
 @router.post("/deployments/{deployment_id}/rollback", response=DeploymentOut,
              tags=["deployments"])
 def rollback_deployment(request, deployment_id: Id, payload: RollbackIn):
-    """Deploy the previous version again (or the version given)."""
+    """Re-apply revision `revision` (default: the newest earlier revision that
+    runs something else) as a new revision. 404 if that revision is not kept,
+    409 if it is the current one, runs the same spec, or its version or
+    secrets are gone; 422 for a malformed body."""
     actor = actor_of(request)
     deployment = access.get_for(actor, DEPLOYMENTS.all(), Role.OPERATOR, pk=deployment_id)
-    version = None
-    if payload.version_id is not None:
-        version = deployment.agent.versions.filter(pk=payload.version_id).first()
-        if version is None:
-            from .errors import Invalid
-
-            raise Invalid({"version_id": ["No such version of this agent."]})
-    actions.rollback_deployment(deployment, version=version, actor=actor)
+    actions.rollback_deployment(deployment, revision=payload.revision, actor=actor)
     return DEPLOYMENTS.get(pk=deployment.pk)
+
+
+@router.get("/deployments/{deployment_id}/revisions", response=list[RevisionOut],
+            tags=["deployments"])
+@paginate(Page)
+def list_revisions(request, deployment_id: Id):
+    """The deployment's revisions, newest first, each with what changed from the
+    revision before it (`changes`) and how many instances run it."""
+    deployment = access.get_for(actor_of(request), Deployment.objects.all(), pk=deployment_id)
+    return revisions.history(deployment)
 
 
 @router.get("/deployments/{deployment_id}/instances", response=list[InstanceOut],
             tags=["deployments"])
+@paginate(Page)
 def list_instances(request, deployment_id: Id):
     deployment = access.get_for(actor_of(request), Deployment.objects.all(), pk=deployment_id)
-    return Instance.objects.filter(deployment=deployment)
+    return Instance.objects.filter(deployment=deployment).select_related("revision").order_by(
+        "name")
 
 
 @router.get("/deployments/{deployment_id}/events", response=list[EventOut],
@@ -397,7 +406,9 @@ def list_events(request, deployment_id: Id):
 
 
 @router.get("/deployments/{deployment_id}/instances/{name}/logs", tags=["deployments"])
-def instance_logs(request, deployment_id: Id, name: str, tail: int = 200, follow: bool = False):
+@may_raise(Conflict)
+def instance_logs(request, deployment_id: Id, name: str, tail: LogTail = 200,
+                  follow: bool = False):
     """An instance's output: the last `tail` lines, or a Server-Sent Events stream
     of new lines with `follow=true`."""
     from .logs import log_response
@@ -406,8 +417,6 @@ def instance_logs(request, deployment_id: Id, name: str, tail: int = 200, follow
     instance = Instance.objects.filter(deployment=deployment, name=name).select_related(
         "target").first()
     if instance is None:
-        from .errors import NotFound
-
         raise NotFound("Instance not found.")
     return log_response(instance, tail=tail, follow=follow, request=request)
 

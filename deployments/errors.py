@@ -13,7 +13,10 @@ class DomainError(Exception):
 
 
 class Invalid(DomainError):
-    status = 400
+    """A well-formed request with a value that is not acceptable (422, like the
+    schema's own validation errors); detail names the field when there is one."""
+
+    status = 422
     default_detail = "Invalid input."
 
 
@@ -36,3 +39,15 @@ class Forbidden(DomainError):
 class Conflict(DomainError):
     status = 409
     default_detail = "Conflict with the current state."
+
+
+def may_raise(*errors: type[DomainError]):
+    """Declare on an API view the domain errors it can answer beyond those its
+    shape implies (see ``controlplane.api.error_statuses``), so the OpenAPI
+    document lists them."""
+
+    def mark(view):
+        view.may_raise = (*getattr(view, "may_raise", ()), *errors)
+        return view
+
+    return mark

@@ -1,12 +1,22 @@
 """Request and response shapes for the REST API."""
 from __future__ import annotations
 
-from datetime import datetime
+import re
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Annotated, Any, Literal
 
 from ninja import Field, Schema
-from pydantic import StringConstraints
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BeforeValidator,
+    ConfigDict,
+    PlainSerializer,
+    StringConstraints,
+    WithJsonSchema,
+    model_validator,
+)
 
 Id = Annotated[int, Field(ge=1, le=2**62)]
 Slug = Annotated[str, StringConstraints(min_length=1, max_length=63)]
@@ -16,10 +26,78 @@ RoleName = Literal["viewer", "operator", "admin"]
 StateName = Literal["active", "paused", "stopped"]
 ScopeName = Literal["read", "deploy", "admin"]
 Replicas = Annotated[int, Field(ge=0, le=1000)]
+EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+LATEST = datetime(9000, 1, 1, tzinfo=UTC)
+
+
+def _within_time(value: datetime) -> datetime:
+    """In UTC, and clamped to years 1970–9000: nothing Hangar stores is outside,
+    so a filter bound beyond them selects the same rows, and date arithmetic
+    on it cannot overflow."""
+    return min(max(value, EARLIEST), LATEST).astimezone(UTC)
+
+
+def _rfc3339(value: Any) -> Any:
+    """Only a date-time text (a number would be read as a Unix time)."""
+    if isinstance(value, str) and not re.match(r"^\d{4}-\d\d-\d\d[Tt ]\d\d:\d\d", value):
+        raise ValueError("Give an RFC 3339 date-time, e.g. 2025-01-31T12:00:00Z.")
+    if isinstance(value, int | float):
+        raise ValueError("Give an RFC 3339 date-time, e.g. 2025-01-31T12:00:00Z.")
+    return value
+
+
+# A point in time given by a client: with its UTC offset (RFC 3339 date-time).
+Moment = Annotated[AwareDatetime, BeforeValidator(_rfc3339), AfterValidator(_within_time)]
+LogTail = Annotated[int, Field(ge=0, le=10_000, description="lines from the end")]
+HistoryLimit = Annotated[int, Field(ge=1, le=100, description="revisions kept (besides any "
+                                                              "an instance still runs)")]
+
+
+def plain_decimal(value: Decimal) -> str:
+    """A decimal as a plain number in a string, whoever wrote it: no exponent
+    (``0E-12`` is ``"0"``) and no trailing zeros (``0.500`` is ``"0.5"``)."""
+    text = format(value.normalize(), "f")
+    return "0" if text in ("-0", "") else text
+
+
+# Every decimal the API answers with is rendered by ``plain_decimal``.
+DecimalOut = Annotated[
+    Decimal,
+    PlainSerializer(plain_decimal, return_type=str),
+    WithJsonSchema({"type": "string", "pattern": r"^-?(0|[1-9][0-9]*)(\.[0-9]*[1-9])?$",
+                    "examples": ["0.5"]}, mode="serialization"),
+]
+
+
+def _omitted_means_unchanged(schema: dict, model) -> None:
+    for prop in schema.get("properties", {}).values():
+        if prop.get("default", ...) is None and not _allows_null(prop):
+            del prop["default"]
+
+
+def _allows_null(prop: dict) -> bool:
+    return prop.get("type") == "null" or any(_allows_null(p) for p in prop.get("anyOf", ()))
+
+
+class Changes(Schema):
+    """A partial update: a field left out stays as it is. ``null`` is a value
+    only where the field can be empty (typed ``X | None``); elsewhere it is
+    refused with a 422 naming the field, as any other wrong type."""
+
+    model_config = ConfigDict(json_schema_extra=_omitted_means_unchanged)
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _an_object(cls, data: Any, handler) -> Any:
+        # Schemas read attributes too (from_attributes), so a JSON array would
+        # otherwise pass as "no changes".
+        if data is None or isinstance(data, list | str | int | float):
+            raise ValueError("Give a JSON object.")
+        return handler(data)
 
 
 class Detail(Schema):
-    detail: Any
+    detail: Any = Field(..., description="a message, or the errors per field")
 
 
 class TeamIn(Schema):
@@ -27,8 +105,8 @@ class TeamIn(Schema):
     slug: Slug
 
 
-class TeamPatch(Schema):
-    name: Annotated[str, StringConstraints(min_length=1, max_length=100)] | None = None
+class TeamPatch(Changes):
+    name: Annotated[str, StringConstraints(min_length=1, max_length=100)] = None
 
 
 class TeamOut(Schema):
@@ -64,9 +142,9 @@ class AgentIn(Schema):
     pattern: PatternName
 
 
-class AgentPatch(Schema):
-    name: Annotated[str, StringConstraints(min_length=1, max_length=100)] | None = None
-    description: Annotated[str, StringConstraints(max_length=10_000)] | None = None
+class AgentPatch(Changes):
+    name: Annotated[str, StringConstraints(min_length=1, max_length=100)] = None
+    description: Annotated[str, StringConstraints(max_length=10_000)] = None
 
 
 class AgentOut(Schema):
@@ -106,7 +184,7 @@ class VersionOut(Schema):
     command: list[str]
     env: dict[str, str]
     secret_refs: list[str]
-    cpu: Decimal
+    cpu: DecimalOut
     memory_mb: int
     port: int | None
     health: dict[str, Any]
@@ -126,12 +204,12 @@ class TargetIn(Schema):
     price_gib_hour: Annotated[Decimal, Field(ge=0, max_digits=10, decimal_places=6)] = Decimal(0)
 
 
-class TargetPatch(Schema):
-    name: Slug | None = None
-    connection: dict[str, Any] | None = None
-    labels: dict[str, Annotated[str, StringConstraints(max_length=255)]] | None = None
-    price_cpu_hour: Annotated[Decimal, Field(ge=0, max_digits=10, decimal_places=6)] | None = None
-    price_gib_hour: Annotated[Decimal, Field(ge=0, max_digits=10, decimal_places=6)] | None = None
+class TargetPatch(Changes):
+    name: Slug = None
+    connection: dict[str, Any] = None
+    labels: dict[str, Annotated[str, StringConstraints(max_length=255)]] = None
+    price_cpu_hour: Annotated[Decimal, Field(ge=0, max_digits=10, decimal_places=6)] = None
+    price_gib_hour: Annotated[Decimal, Field(ge=0, max_digits=10, decimal_places=6)] = None
 
 
 class TargetOut(Schema):
@@ -141,19 +219,20 @@ class TargetOut(Schema):
     kind: str
     connection: dict[str, Any]
     labels: dict[str, str]
-    price_cpu_hour: Decimal
-    price_gib_hour: Decimal
+    price_cpu_hour: DecimalOut
+    price_gib_hour: DecimalOut
     status: str
     status_reason: str
     last_probe_at: datetime | None
 
 
-class Autoscaling(Schema):
+class Autoscaling(Changes):
     autoscale_min: Replicas | None = None
     autoscale_max: Replicas | None = None
-    autoscale_signal: Literal["", "cpu", "inflight", "lag"] | None = None
+    autoscale_signal: Literal["", "cpu", "inflight", "lag"] = Field(
+        None, description='"" turns autoscaling off')
     autoscale_target: Annotated[float, Field(gt=0, le=1e9)] | None = None
-    rollout_strategy: Literal["rolling", "recreate"] | None = None
+    rollout_strategy: Literal["rolling", "recreate"] = None
 
 
 class DeploymentIn(Autoscaling):
@@ -163,12 +242,14 @@ class DeploymentIn(Autoscaling):
     environment: Slug = "production"
     replicas: Replicas = 1
     state: StateName = "active"
+    revision_history_limit: HistoryLimit = 10
 
 
 class DeploymentPatch(Autoscaling):
-    replicas: Replicas | None = None
-    state: StateName | None = None
-    version_id: Id | None = None
+    replicas: Replicas = None
+    state: StateName = None
+    version_id: Id = None
+    revision_history_limit: HistoryLimit = None
 
 
 class DeploymentOut(Schema):
@@ -177,6 +258,9 @@ class DeploymentOut(Schema):
     agent_id: int
     version_id: int
     version_number: int = Field(..., alias="version.number")
+    revision: int | None = Field(None, description="number of the revision instances should run")
+    revision_history_limit: int
+    restarted_at: datetime | None
     target_id: int
     environment: str
     replicas: int
@@ -193,11 +277,16 @@ class DeploymentOut(Schema):
     created_at: datetime
     updated_at: datetime
 
+    @staticmethod
+    def resolve_revision(obj) -> int | None:
+        return obj.revision.number if obj.revision_id else None
+
 
 class InstanceOut(Schema):
     id: int
     name: str
     version_id: int | None
+    revision: int | None = Field(None, description="number of the revision it runs")
     generation: int
     runtime_id: str
     host: str
@@ -208,6 +297,10 @@ class InstanceOut(Schema):
     restarts: int
     started_at: datetime | None
     updated_at: datetime
+
+    @staticmethod
+    def resolve_revision(obj) -> int | None:
+        return obj.revision.number if obj.revision_id else None
 
 
 class SecretIn(Schema):
@@ -232,7 +325,7 @@ class TokenIn(Schema):
     team_id: Id
     name: Annotated[str, StringConstraints(min_length=1, max_length=100)]
     scope: ScopeName = "read"
-    expires_at: datetime | None = None
+    expires_at: Moment | None = None
 
 
 class TokenOut(Schema):
@@ -276,5 +369,32 @@ class EventOut(Schema):
     instance: str
 
 
-class RollbackIn(Schema):
-    version_id: Id | None = Field(None, description="defaults to the previous version")
+class RollbackIn(Changes):
+    model_config = {"extra": "forbid"}
+
+    revision: Id | None = Field(
+        None, description="revision number to re-apply; defaults to the newest earlier "
+                          "revision that runs something else than the current one")
+
+
+class RevisionChange(Schema):
+    field: str = Field(..., description="dotted path in the spec, e.g. env.LOG_LEVEL")
+    change: Literal["added", "removed", "changed"]
+    text: str = Field(..., description="the change in words")
+    before: Any = None
+    after: Any = None
+
+
+class RevisionOut(Schema):
+    number: int
+    digest: str
+    version_id: int | None = Field(..., description="empty once the version was deleted")
+    version_number: int | None
+    cause: str
+    actor: str
+    created_at: datetime
+    current: bool
+    instances: int = Field(..., description="instances running this revision now")
+    previous: int | None = Field(..., description="the revision `changes` compare with")
+    changes: list[RevisionChange]
+    spec: dict[str, Any] = Field(..., description="the resolved spec; secrets as fingerprints")

@@ -132,7 +132,7 @@ def get_costs(request: HttpRequest, query: Query[CostQuery]):
     return {"since": since, "until": until, "bucket": query.bucket,
             "team_id": query.team, "agent_id": query.agent, "deployment_id": query.deployment,
             "totals": {**vars(total), "total_usd": total.total_usd},
-            "series": cost.series(since, until, query.bucket, **scope)}
+            "series": cost.series(since, until, query.bucket, **scope) if since < until else []}
 
 
 # Budgets -------------------------------------------------------------------------------

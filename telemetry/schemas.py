@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal
 from ninja import Field, Schema
 from pydantic import StringConstraints
 
-from deployments.schemas import Id
+from deployments.schemas import Changes, DecimalOut, Id
 
 from .models import BudgetEvent, Run
 
@@ -37,9 +37,9 @@ class RunOut(Schema):
     llm_spans: int
     span_count: int
     model: str
-    cost_usd: Decimal | None = Field(
+    cost_usd: DecimalOut | None = Field(
         ..., description="LLM cost; null when a model had no known price (see cost_status)")
-    priced_cost_usd: Decimal = Field(..., description="cost of the LLM calls that were priced")
+    priced_cost_usd: DecimalOut = Field(..., description="cost of the LLM calls that were priced")
     cost_status: Literal["none", "priced", "partial", "unknown"]
 
     @staticmethod
@@ -79,7 +79,7 @@ class SpanNode(Schema):
     model: str | None
     input_tokens: int | None
     output_tokens: int | None
-    cost_usd: Decimal | None
+    cost_usd: DecimalOut | None
     cost_unknown: bool
     truncated: bool = Field(..., description="a value was cut to the ingest limits")
     missing_parent: bool = Field(..., description="its parent span never arrived")
@@ -99,9 +99,9 @@ class TraceOut(Schema):
 
 class CostBucket(Schema):
     at: datetime
-    llm_usd: Decimal
-    compute_usd: Decimal
-    total_usd: Decimal
+    llm_usd: DecimalOut
+    compute_usd: DecimalOut
+    total_usd: DecimalOut
     runs: int
     unpriced_runs: int
     input_tokens: int
@@ -109,9 +109,9 @@ class CostBucket(Schema):
 
 
 class CostTotals(Schema):
-    llm_usd: Decimal
-    compute_usd: Decimal
-    total_usd: Decimal
+    llm_usd: DecimalOut
+    compute_usd: DecimalOut
+    total_usd: DecimalOut
     runs: int
     unpriced_runs: int = Field(..., description="runs with an LLM call of unknown price "
                                                 "(their cost is not in llm_usd)")
@@ -151,12 +151,12 @@ class BudgetIn(Schema):
     enabled: bool = True
 
 
-class BudgetPatch(Schema):
-    name: Annotated[str, StringConstraints(min_length=1, max_length=100)] | None = None
-    amount_usd: Money | None = None
-    thresholds: list[Threshold] | None = Field(None, min_length=1, max_length=10)
-    webhook_url: WebhookUrl | None = None
-    enabled: bool | None = None
+class BudgetPatch(Changes):
+    name: Annotated[str, StringConstraints(min_length=1, max_length=100)] = None
+    amount_usd: Money = None
+    thresholds: list[Threshold] = Field(None, min_length=1, max_length=10)
+    webhook_url: WebhookUrl = None
+    enabled: bool = None
 
 
 class BudgetOut(Schema):
@@ -164,12 +164,12 @@ class BudgetOut(Schema):
     team_id: int
     agent_id: int | None
     name: str
-    amount_usd: Decimal
+    amount_usd: DecimalOut
     thresholds: list[Threshold]
     has_webhook: bool = Field(..., description="the URL itself is never shown again")
     enabled: bool
     month: date
-    spent_usd: Decimal = Field(..., description="this month, LLM + compute")
+    spent_usd: DecimalOut = Field(..., description="this month, LLM + compute")
     percent: float
     created_at: datetime
     updated_at: datetime
@@ -182,8 +182,8 @@ class BudgetEventOut(Schema):
     month: date
     percent: int
     action: str
-    amount_usd: Decimal
-    spent_usd: Decimal
+    amount_usd: DecimalOut
+    spent_usd: DecimalOut
     at: datetime
     affected: list[dict[str, Any]]
     webhook_status: str

@@ -8,7 +8,7 @@ import pytest
 import redis
 from django.test import Client
 
-from deployments.models import ApiToken, AuditEvent, Deployment
+from deployments.models import ApiToken, AuditEvent, Deployment, Instance
 
 API = "/api/v1"
 
@@ -60,8 +60,8 @@ def test_patch_version_moves_deployment_and_rejects_foreign_version(world):
     assert response.status_code == 200 and response.json()["version_number"] == 2
     foreign = Deployment.objects.exclude(agent__team=world.team).first()
     response = patch(c, f"/deployments/{d.pk}", {"version_id": foreign.version_id})
-    assert response.status_code == 400
-    assert "version" in json.dumps(response.json()["detail"])
+    assert response.status_code == 404
+    assert "version" in json.dumps(response.json()["detail"]).lower()
 
 
 def test_every_spec_change_enqueues_a_reconcile_after_commit(
@@ -87,13 +87,13 @@ def test_every_spec_change_enqueues_a_reconcile_after_commit(
     broker.delete("celery")
 
 
-def test_slug_clash_is_a_4xx_and_stores_nothing(world):
+def test_slug_clash_is_a_409_and_stores_nothing(world):
     c = world.client("operator")
     body = {"team_id": world.team.pk, "slug": "support-bot", "name": "Dup", "pattern": "stream"}
     before = AuditEvent.objects.count()
     response = post(c, "/agents", body)
-    assert response.status_code == 400
-    assert "slug" in json.dumps(response.json()["detail"]).lower()
+    assert response.status_code == 409
+    assert response.json() == {"detail": "Agent with this Team and Slug already exists."}
     assert AuditEvent.objects.count() == before
     # The same slug in another team is fine.
     other = world.client("outsider")
@@ -115,7 +115,7 @@ def test_versions_cannot_be_edited_through_the_api(world):
     (b'{"team_id": "one", "slug": "a", "name": "b", "pattern": "batch"}', 422),
     (b'{"team_id": 1, "slug": "a", "name": "b", "pattern": "quantum"}', 422),
     (b'{"team_id": 99999999999999999999999, "slug": "a", "name": "b", "pattern": "batch"}', 422),
-    (b'{"team_id": 1, "slug": "Not A Slug!", "name": "b", "pattern": "batch"}', 400),
+    (b'{"team_id": 1, "slug": "Not A Slug!", "name": "b", "pattern": "batch"}', 422),
     (b'{"team_id": 1, "slug": "' + b"a" * 100 + b'", "name": "b", "pattern": "batch"}', 422),
 ])
 def test_bad_input_gets_a_clear_4xx(world, body, status):
@@ -142,11 +142,12 @@ def test_invalid_deployment_input(world):
     base = {"agent_id": world.agent.pk, "target_id": world.target.pk, "environment": "qa"}
     cases = [
         ({**base, "replicas": -1}, 422),
-        ({**base, "replicas": 51}, 400),  # over the team policy's max_replicas (50)
-        ({**base, "autoscale_min": 5, "autoscale_max": 2}, 400),
-        ({**base, "autoscale_signal": "cpu"}, 400),  # no min/max/target
+        ({**base, "replicas": 51}, 422),  # over the team policy's max_replicas (50)
+        ({**base, "autoscale_min": 5, "autoscale_max": 2}, 422),
+        ({**base, "autoscale_signal": "cpu"}, 422),  # no min/max/target
+        ({**base, "autoscale_signal": None}, 422),  # null where no value may be empty
         ({**base, "target_id": world.spare_target.pk + 1000}, 404),
-        ({**base, "version_id": 999999}, 400),
+        ({**base, "version_id": 999999}, 404),
     ]
     for body, status in cases:
         response = post(c, "/deployments", body)
@@ -164,13 +165,13 @@ def test_policy_limits_target_kinds_and_patterns(world):
     policy.save()
     c = world.client("admin")
     r = post(c, "/targets", {"team_id": world.team.pk, "name": "d2", "kind": "docker"})
-    assert r.status_code == 400 and "policy" in json.dumps(r.json()).lower()
+    assert r.status_code == 422 and "policy" in json.dumps(r.json()).lower()
     r = post(c, "/agents", {"team_id": world.team.pk, "slug": "s", "name": "s",
                             "pattern": "stream"})
-    assert r.status_code == 400
+    assert r.status_code == 422
     r = post(c, "/deployments", {"agent_id": world.agent.pk, "target_id": world.target.pk,
                                  "environment": "qa"})
-    assert r.status_code == 400
+    assert r.status_code == 422
 
 
 def test_pagination_and_filters(world):
@@ -235,13 +236,13 @@ def test_target_credentials_are_write_only(world):
         assert "TOKEN-XYZ" not in response.content.decode()
     bad = post(c, "/targets", {"team_id": world.team.pk, "name": "d", "kind": "docker",
                                "connection": {"url": "ftp://nope", "bogus": 1}})
-    assert bad.status_code == 400
+    assert bad.status_code == 422
     assert "url" in json.dumps(bad.json()["detail"])
     # A kubeconfig that would run a program on the control plane is refused.
     evil = KUBECONFIG.replace("{token: SECRET-KC}", "{exec: {command: /bin/sh}}")
     bad = post(c, "/targets", {"team_id": world.team.pk, "name": "k2", "kind": "kubernetes",
                                "connection": {"kubeconfig": evil}})
-    assert bad.status_code == 400 and "exec" in json.dumps(bad.json())
+    assert bad.status_code == 422 and "exec" in json.dumps(bad.json())
 
 
 def test_token_is_shown_once_and_stored_hashed(world):
@@ -272,7 +273,7 @@ def test_team_keeps_an_admin_and_creator_becomes_admin(world):
     created = post(session, "/teams", {"name": "New team", "slug": "new-team"})
     assert created.status_code == 201 and created.json()["role"] == "admin"
     team_id = created.json()["id"]
-    members = session.get(f"{API}/teams/{team_id}/members").json()
+    members = session.get(f"{API}/teams/{team_id}/members").json()["items"]
     assert [(m["username"], m["role"]) for m in members] == [("viewer", "admin")]
     response = session.delete(f"{API}/teams/{team_id}/members/{members[0]['id']}")
     assert response.status_code == 409
@@ -305,4 +306,122 @@ def test_rollback_returns_to_the_previous_version_and_restart_replaces(world):
     actions_logged = list(AuditEvent.objects.filter(object_type="deployment",
                                                     object_id=str(d.pk))
                           .order_by("id").values_list("action", flat=True))
-    assert actions_logged[-2:] == ["deployment.update", "deployment.restart"]
+    assert actions_logged[-2:] == ["deployment.rollback", "deployment.restart"]
+
+
+# The contract a generated client relies on (issue #9) --------------------------------
+
+
+@pytest.mark.parametrize("field", ["replicas", "state", "version_id", "autoscale_signal",
+                                   "rollout_strategy"])
+def test_null_for_a_field_that_cannot_be_empty_is_a_422_naming_it(world, field):
+    d = world.deployment
+    response = patch(world.client("operator"), f"/deployments/{d.pk}", {field: None})
+    assert response.status_code == 422, response.content
+    assert [e["loc"][-1] for e in response.json()["detail"]] == [field]
+    d.refresh_from_db()
+    assert d.replicas == 1 and d.state == "active" and d.generation == 1
+
+
+def test_null_clears_a_field_that_can_be_empty(world):
+    c = world.client("operator")
+    d = world.deployment
+    assert patch(c, f"/deployments/{d.pk}", {"autoscale_min": 1, "autoscale_max": 3}
+                 ).json()["autoscale_max"] == 3
+    cleared = patch(c, f"/deployments/{d.pk}", {"autoscale_min": None, "autoscale_max": None})
+    assert cleared.status_code == 200, cleared.content
+    assert cleared.json()["autoscale_max"] is None
+
+
+@pytest.mark.parametrize("body", [b"[null, null]", b"null", b'"replicas"', b"3"])
+def test_a_body_that_is_not_an_object_is_refused(world, body):
+    d = world.deployment
+    response = world.client("operator").patch(f"{API}/deployments/{d.pk}", data=body,
+                                              content_type="application/json")
+    assert response.status_code == 422 and response.json()["detail"]
+    assert AuditEvent.objects.filter(object_type="deployment").count() == 0
+
+
+@pytest.mark.parametrize("path,body", [
+    ("/teams", lambda w: {"name": "Other", "slug": "acme"}),
+    ("/targets", lambda w: {"team_id": w.team.pk, "name": "local-1", "kind": "local"}),
+    ("/secrets", lambda w: {"team_id": w.team.pk, "name": "OPENAI_KEY", "value": "x"}),
+    ("/deployments", lambda w: {"agent_id": w.agent.pk, "target_id": w.target.pk}),
+])
+def test_every_duplicate_is_a_409_with_a_message(world, path, body):
+    client = world.client("admin")
+    if path == "/teams":  # teams are created by a person, not a token
+        client = Client()
+        client.force_login(world.users["admin"])
+    response = post(client, path, body(world))
+    assert response.status_code == 409, response.content
+    assert "already exists" in json.dumps(response.json()["detail"])
+
+
+def test_instances_are_a_page_like_every_list(world):
+    for n in (2, 0, 1):
+        Instance.objects.create(deployment=world.deployment, target=world.target,
+                                name=f"support-bot-{n}", version=world.version)
+    c = world.client("viewer")
+    page = c.get(f"{API}/deployments/{world.deployment.pk}/instances?limit=2").json()
+    assert page["count"] == 3 and [i["name"] for i in page["items"]] == [
+        "support-bot-0", "support-bot-1"]
+    members = c.get(f"{API}/teams/{world.team.pk}/members?limit=1&offset=1").json()
+    assert members["count"] == 3 and len(members["items"]) == 1
+    for limit in (0, 501, -1):
+        assert c.get(f"{API}/agents?limit={limit}").status_code == 422
+
+
+def test_decimals_are_plain_and_the_same_whoever_wrote_them(world):
+    c = world.client("operator")
+    from_api = post(c, f"/agents/{world.spare_agent.pk}/versions",
+                    {"image": "hangar/reference-agent:1", "cpu": "0.500"})
+    assert from_api.status_code == 201, from_api.content
+    assert from_api.json()["cpu"] == "0.5"
+    assert c.get(f"{API}/agents/{world.spare_agent.pk}/versions/1").json()["cpu"] == "0.5"
+    session = Client()
+    session.force_login(world.users["operator"])
+    ui = session.post(f"/agents/{world.spare_agent.pk}/versions/",
+                      {"image": "hangar/reference-agent:2", "cpu": "0.5", "memory_mb": "256",
+                       "command": "", "env": "", "secret_refs": "", "pattern_settings": ""})
+    assert ui.status_code in (200, 302), ui.content.decode()[-2000:]
+    assert c.get(f"{API}/agents/{world.spare_agent.pk}/versions/2").json()["cpu"] == "0.5"
+    target = c.get(f"{API}/targets/{world.target.pk}").json()
+    assert target["price_cpu_hour"] == "0"  # a stored 0.000000
+
+
+def test_anonymous_writes_are_401_not_a_csrf_403(world):
+    one = f"{API}/deployments/{world.deployment.pk}"
+    for method, path in (("post", f"{API}/deployments"), ("patch", one), ("delete", one)):
+        response = getattr(Client(), method)(path, data="{}", content_type="application/json")
+        assert response.status_code == 401, (method, response.content)
+        assert response["WWW-Authenticate"].startswith("Bearer")
+    # A real session without the CSRF token is refused as such.
+    session = Client(enforce_csrf_checks=True)
+    session.force_login(world.users["operator"])
+    response = patch(session, f"/deployments/{world.deployment.pk}", {"replicas": 2})
+    assert response.status_code == 403 and "CSRF" in response.json()["detail"]
+
+
+def test_openapi_documents_every_error_answer(world):
+    schema = Client().get(f"{API}/openapi.json").json()
+    assert set(schema["components"]["schemas"]["Detail"]["required"]) == {"detail"}
+    for path, operations in schema["paths"].items():
+        for method, operation in operations.items():
+            answers = operation["responses"]
+            expected = {"401", "422"}
+            if method != "get":
+                expected |= {"403", "409"}
+            if "{" in path:
+                expected.add("404")
+            if "requestBody" in operation:
+                expected.add("400")
+            assert expected <= set(answers), (method, path, sorted(answers))
+            for status in set(answers) - {"200", "201", "204"}:
+                content = answers[status]["content"]["application/json"]["schema"]
+                assert content == {"$ref": "#/components/schemas/Detail"}, (method, path)
+                assert answers[status]["description"]
+    assert "404" in schema["paths"]["/api/v1/costs"]["get"]["responses"]
+    logs = "/api/v1/deployments/{deployment_id}/instances/{name}/logs"
+    assert "409" in schema["paths"][logs]["get"]["responses"]
+    assert "404" in schema["paths"]["/api/v1/deployments"]["post"]["responses"]

@@ -155,7 +155,7 @@ def test_logs_tail_and_follow_through_the_api_and_page(local_deployment):
     url = f"/api/v1/deployments/{d.pk}/instances/{rows[0].name}/logs"
     tail = client.get(url + "?tail=50")
     assert tail.status_code == 200 and "ready" in tail.content.decode()
-    assert client.get(url + "?tail=-1").status_code == 400
+    assert client.get(url + "?tail=-1").status_code == 422
     assert client.get(f"/api/v1/deployments/{d.pk}/instances/nope/logs").status_code == 404
     follow = client.get(url + "?follow=true&tail=3")
     assert follow["Content-Type"] == "text/event-stream"
