@@ -90,6 +90,19 @@ def test_every_changelist_loads_with_search_and_filters(root, world):
             assert root.get(url, {"q": "acme"}).status_code == 200
 
 
+def test_every_add_and_change_page_loads(root, world):
+    budgets.create_budget(world.team, name="m", amount_usd=Decimal("5"), actor=Actor(user=None))
+    Instance.objects.create(deployment=world.deployment, target=world.target, name="i-1")
+    request = RequestFactory().get("/admin/")
+    request.user = get_user_model().objects.get(username="root")
+    for model, model_admin in admin.site._registry.items():
+        if model_admin.has_add_permission(request):
+            assert root.get(url(model, "add")).status_code == 200, model
+        obj = model.objects.first()
+        if obj is not None:
+            assert root.get(url(model, "change", obj.pk)).status_code == 200, model
+
+
 def test_change_pages_never_render_write_only_values(root, world):
     pages = [
         reverse("admin:deployments_secret_change", args=[world.secret.pk]),
