@@ -33,8 +33,9 @@ stream
 
 Model: an offline deterministic function of the input, never a network call, reported
 under the name ``AGENT_MODEL`` (default gpt-4o-mini, a name genai-prices prices, so demo
-runs show real cost figures); tokens are whitespace-separated words. ``AGENT_TOKEN_DELAY_MS`` paces streaming,
-``AGENT_LATENCY_MS`` adds latency to every invocation.
+runs show real cost figures); tokens are whitespace-separated words.
+``AGENT_TOKEN_DELAY_MS`` paces streaming, ``AGENT_LATENCY_MS`` adds latency to every
+invocation.
 
 Tracing: with ``OTEL_EXPORTER_OTLP_ENDPOINT`` set and opentelemetry-sdk plus
 opentelemetry-exporter-otlp-proto-http importable, one ``invoke_agent`` span per
