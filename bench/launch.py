@@ -75,10 +75,21 @@ def free_ports(count: int, start: int = 31000) -> list[int]:
     return ports
 
 
+# What a Hangar instance of the bench deployment gets, so both sides start the
+# same agent: with OTLP export configured the agent loads the OpenTelemetry SDK
+# before it listens, which costs CPU on every start.
+AGENT_ENV = {
+    "AGENT_MODE": "realtime",
+    "OTEL_SERVICE_NAME": "bench.bench",
+    "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:8000",
+    "OTEL_EXPORTER_OTLP_HEADERS": "authorization=Bearer 1.bench",
+}
+
+
 def _launch(client, image: str, index: int, port: int):
     c = client.containers.create(
         image, name=f"bench-baseline-{index}", network_mode="host", detach=True,
-        environment={"PORT": str(port), "AGENT_MODE": "realtime"},
+        environment={**AGENT_ENV, "PORT": str(port)},
         labels={"bench": "baseline"}, nano_cpus=int(0.2e9), mem_limit="128m")
     c.start()
     return c

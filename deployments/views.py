@@ -26,6 +26,7 @@ from .models import (
     Agent,
     ApiToken,
     Deployment,
+    DeploymentState,
     Health,
     Instance,
     Pattern,
@@ -269,6 +270,23 @@ def deployment_create(request: HttpRequest, agent_id: int) -> HttpResponse:
                   status=422)
 
 
+def _progress(deployment: Deployment, instances: list[Instance]) -> str:
+    """How applying the latest generation goes, in one word for the page:
+    "done", "applying", "paused", "waiting" (a target cannot be reached) or
+    "stuck" (Degraded with nothing starting or waiting to restart: it will
+    not get better without a change, so the page must not show a spinner)."""
+    if deployment.observed_generation >= deployment.generation:
+        return "done"
+    if deployment.state == DeploymentState.PAUSED:
+        return "paused"
+    if deployment.health == Health.UNKNOWN:
+        return "waiting"
+    if deployment.health == Health.DEGRADED and not any(
+            i.health == Health.PROGRESSING or i.next_restart_at for i in instances):
+        return "stuck"
+    return "applying"
+
+
 def _deployment_context(actor: Actor, deployment: Deployment, **extra) -> dict:
     instances = list(Instance.objects.filter(deployment=deployment)
                      .select_related("version", "target", "revision"))
@@ -278,6 +296,7 @@ def _deployment_context(actor: Actor, deployment: Deployment, **extra) -> dict:
         "timeline": deployment.events.all()[:30],
         "revisions": revisions.history(deployment),
         "in_flight": deployment.observed_generation < deployment.generation,
+        "progress": _progress(deployment, instances),
         "ready": sum(1 for i in instances if i.health == "Healthy"),
         "endpoints": [i.address for i in instances if i.address and i.phase == "running"],
         "can_write": access.has_role(actor, deployment.agent.team_id, Role.OPERATOR),

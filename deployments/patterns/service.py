@@ -47,7 +47,8 @@ class ServicePattern(Pattern):
             return Verdict(Health.HEALTHY)
         if age_s > deadline_s:
             return Verdict(Health.DEGRADED, f"{probe.reason} (not ready after {int(age_s)}s)")
-        return Verdict(Health.PROGRESSING, f"starting: {probe.reason}", requeue_in=1)
+        # Look again soon: launch time is measured to the last replica ready.
+        return Verdict(Health.PROGRESSING, f"starting: {probe.reason}", requeue_in=0.5)
 
     def rollup(self, deployment, rows, *, is_current, unreachable: dict[str, str]) -> Verdict:
         """The deployment is as bad as its worst instance, with a human reason.
