@@ -18,9 +18,10 @@ deliveries (a socket that never connected loses every event).
 The Hangar publisher coalesces per (event, object) key inside 0.25 s and keeps
 only the last message of a burst, and 10 events/s on one key would collapse to
 about 4/s. Each event therefore gets its own object key: ``deployment_id`` is
-``ID_BASE + seq`` (no such row is needed; ``publish`` only uses it as the key
-and as a second group name nobody joins, and the consumer forwards every
-message of a team the user can read, carrying ``deployment_id`` as is). Every
+``ID_BASE + seq`` (no such row is needed; ``publish`` only uses it as the key,
+and the hub forwards every message of a team the user can read, carrying
+``deployment_id`` as is). The event is the bench's own ``bench.tick``, a typed
+live event like the others (checked where published). Every
 key is thus new and goes out on the leading edge, unthrottled; this measures the
 transport (commit hook, sender loop, Redis, uvicorn, hub, sockets), not the throttle.
 
@@ -60,6 +61,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH_DB = "hangar_bench_fanout"
@@ -367,19 +369,26 @@ def role_publisher(cfg: dict) -> None:
         django.setup()
         from django.db import transaction
 
-        from deployments.events import publish
+        from deployments.events import LiveEvent, publish
+
+        @dataclass(frozen=True)
+        class BenchTick(LiveEvent):
+            """The bench's own event: typed and checked like every other."""
+
+            name: ClassVar[str] = "bench.tick"
+            seq: int
+            sent: float
 
         team_id = cfg["team_id"]
 
         def send(seq: int) -> None:
             sent = time.time()
             with transaction.atomic():
-                publish(team_id, "cost.tick", {"seq": seq, "sent": sent},
-                        deployment_id=ID_BASE + seq)
+                publish(team_id, BenchTick(seq=seq, sent=sent), deployment_id=ID_BASE + seq)
 
         def warm_up() -> None:
             with transaction.atomic():
-                publish(team_id, "refresh", {"warmup": True}, deployment_id=ID_BASE - 1)
+                publish(team_id, BenchTick(seq=-1, sent=time.time()), deployment_id=ID_BASE - 1)
     else:
         import redis
 
@@ -388,12 +397,12 @@ def role_publisher(cfg: dict) -> None:
 
         def send(seq: int) -> None:
             sent = time.time()
-            r.publish(channel, json.dumps({"event": "cost.tick", "deployment_id": ID_BASE + seq,
+            r.publish(channel, json.dumps({"event": "bench.tick", "deployment_id": ID_BASE + seq,
                                            "payload": {"seq": seq, "sent": sent}}))
 
         def warm_up() -> None:
-            r.publish(channel, json.dumps({"event": "refresh", "deployment_id": None,
-                                           "payload": {"warmup": True}}))
+            r.publish(channel, json.dumps({"event": "bench.tick", "deployment_id": None,
+                                           "payload": {"seq": -1, "sent": time.time()}}))
 
     warm_up()
     print("ready", flush=True)
@@ -544,10 +553,19 @@ def run_side(name: str, servers: list[tuple[subprocess.Popen, int, Path]], publi
         cpu_before = {p.pid: cpu_seconds(p.pid) for p in procs}
         machine_before = machine_busy_seconds()
         t0 = time.perf_counter()
+        profilers = [subprocess.Popen(
+            [str(Path(sys.executable).with_name("py-spy")), "record", "--pid", str(pid),
+             "--rate", "250", "--nonblocking", "--format", "raw",
+             "-o", str(Path(args.profile) / f"{name}-{pid}.txt")],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            for pid in server_pids] if args.profile else []
         publisher.stdin.write("go\n")
         publisher.stdin.flush()
         report = json.loads(publisher.stdout.readline() or "{}")
         time.sleep(args.drain)
+        for profiler in profilers:
+            profiler.send_signal(signal.SIGINT)
+            profiler.wait(timeout=30)
         cpu_after = {p.pid: cpu_seconds(p.pid) for p in procs}
         machine_after = machine_busy_seconds()
         window = time.perf_counter() - t0
@@ -628,6 +646,9 @@ def main() -> None:
     parser.add_argument("--drain", type=float, default=3.0,
                         help="seconds to keep receiving once the publisher is done "
                              "(it lingers 1 s after its last event)")
+    parser.add_argument("--profile", metavar="DIR",
+                        help="sample the servers with py-spy while publishing (collapsed "
+                             "stacks in DIR; skews the figures: for finding causes only)")
     parser.add_argument("--role", help=argparse.SUPPRESS)
     parser.add_argument("config", nargs="?", help=argparse.SUPPRESS)
     args = parser.parse_args()
