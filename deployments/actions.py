@@ -149,7 +149,7 @@ def delete_team(team: Team, *, actor: Actor) -> None:
 def add_member(team: Team, *, username: str, role: str, actor: Actor) -> Membership:
     user = get_user_model().objects.filter(username=username).first()
     if user is None:
-        raise Invalid({"username": [f"No user named {username!r}."]})
+        raise NotFound({"username": [f"No user named {username!r}."]})
     if role not in ROLE_RANK:
         raise Invalid({"role": [f"Role must be one of {', '.join(Role.values)}."]})
     membership = Membership(team=team, user=user, role=role)
@@ -233,7 +233,7 @@ def create_version(agent: Agent, *, actor: Actor, **spec) -> AgentVersion:
     missing = [ref for ref in spec.get("secret_refs") or []
                if not Secret.objects.filter(team_id=agent.team_id, name=ref).exists()]
     if missing:
-        raise Invalid({"secret_refs": [f"Unknown secret(s): {', '.join(missing)}."]})
+        raise NotFound({"secret_refs": [f"Unknown secret(s): {', '.join(missing)}."]})
     if not spec.get("image") and not spec.get("bundle") and not spec.get("command"):
         raise Invalid({"image": ["Give an image, a bundle or a command to run."]})
     spec["pattern_settings"] = get_pattern(agent.pattern).validate_settings(

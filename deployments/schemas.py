@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, datetime
-from decimal import Decimal
+from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Annotated, Any, Literal
 
 from ninja import Field, Schema
@@ -14,18 +14,37 @@ from pydantic import (
     ConfigDict,
     PlainSerializer,
     StringConstraints,
+    TypeAdapter,
     WithJsonSchema,
     model_validator,
 )
 
-Id = Annotated[int, Field(ge=1, le=2**62)]
-Slug = Annotated[str, StringConstraints(min_length=1, max_length=63)]
+
+def _integer(value: Any) -> Any:
+    """JSON's integers: ``3`` and ``3.0``, never ``true`` (bodies are strict, so
+    ``"3"`` is refused there; query and path text is still read as a number)."""
+    if isinstance(value, bool):
+        raise ValueError("Give an integer.")
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+def integer(**bounds) -> Any:
+    """An integer type with bounds (``ge``/``le``) that refuses booleans."""
+    return Annotated[int, Field(**bounds), BeforeValidator(_integer)]
+
+
+Int = integer()
+Id = integer(ge=1, le=2**62)
+Slug = Annotated[str, StringConstraints(pattern=r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")]
+SecretName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")]
 PatternName = Literal["batch", "stream", "realtime", "edge"]
 KindName = Literal["docker", "kubernetes", "local", "edge"]
 RoleName = Literal["viewer", "operator", "admin"]
 StateName = Literal["active", "paused", "stopped"]
 ScopeName = Literal["read", "deploy", "admin"]
-Replicas = Annotated[int, Field(ge=0, le=1000)]
+Replicas = integer(ge=0, le=1000)
 EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
 LATEST = datetime(9000, 1, 1, tzinfo=UTC)
 
@@ -37,20 +56,23 @@ def _within_time(value: datetime) -> datetime:
     return min(max(value, EARLIEST), LATEST).astimezone(UTC)
 
 
+_DATETIME = TypeAdapter(AwareDatetime)
+
+
 def _rfc3339(value: Any) -> Any:
     """Only a date-time text (a number would be read as a Unix time)."""
-    if isinstance(value, str) and not re.match(r"^\d{4}-\d\d-\d\d[Tt ]\d\d:\d\d", value):
+    if isinstance(value, datetime):
+        return value
+    if not isinstance(value, str) or not re.match(r"^\d{4}-\d\d-\d\d[Tt ]\d\d:\d\d", value):
         raise ValueError("Give an RFC 3339 date-time, e.g. 2025-01-31T12:00:00Z.")
-    if isinstance(value, int | float):
-        raise ValueError("Give an RFC 3339 date-time, e.g. 2025-01-31T12:00:00Z.")
-    return value
+    return _DATETIME.validate_python(value)
 
 
 # A point in time given by a client: with its UTC offset (RFC 3339 date-time).
 Moment = Annotated[AwareDatetime, BeforeValidator(_rfc3339), AfterValidator(_within_time)]
 LogTail = Annotated[int, Field(ge=0, le=10_000, description="lines from the end")]
-HistoryLimit = Annotated[int, Field(ge=1, le=100, description="revisions kept (besides any "
-                                                              "an instance still runs)")]
+HistoryLimit = Annotated[integer(ge=1, le=100), Field(
+    description="revisions kept (besides any an instance still runs)")]
 
 
 def plain_decimal(value: Decimal) -> str:
@@ -58,6 +80,44 @@ def plain_decimal(value: Decimal) -> str:
     (``0E-12`` is ``"0"``) and no trailing zeros (``0.500`` is ``"0.5"``)."""
     text = format(value.normalize(), "f")
     return "0" if text in ("-0", "") else text
+
+
+def decimal_in(pattern: str, minimum: str, maximum: str, places: int, description: str = ""):
+    """A decimal a client sends: a JSON string matching ``pattern`` (which
+    encodes the whole range, so a valid-looking string is never refused), or a
+    JSON number from ``minimum`` to ``maximum``, rounded to ``places`` decimals
+    (a binary float carries no more precision than that)."""
+    step = Decimal(1).scaleb(-places)
+
+    def parse(value: Any) -> Any:
+        if isinstance(value, bool):
+            raise ValueError("Give a number or a decimal string.")
+        if isinstance(value, int | float):
+            number = Decimal(str(value))
+            if not number.is_finite() or not Decimal(minimum) <= number <= Decimal(maximum):
+                raise ValueError(f"Give a number from {minimum} to {maximum}.")
+            return number.quantize(step, rounding=ROUND_HALF_EVEN)
+        if isinstance(value, str) and not re.fullmatch(pattern, value):
+            raise ValueError(f"Give a decimal from {minimum} to {maximum} with at most "
+                             f"{places} decimals, e.g. \"{minimum}\".")
+        return Decimal(value) if isinstance(value, str) else value
+
+    return Annotated[Decimal, BeforeValidator(parse), WithJsonSchema({
+        "anyOf": [{"type": "string", "pattern": pattern},
+                  {"type": "number", "minimum": float(minimum), "maximum": float(maximum)}],
+        **({"description": description} if description else {}),
+    }, mode="validation")]
+
+
+Cpu = decimal_in(r"^(?:(?:[1-9][0-9]?|1[0-9][0-9]|2[0-4][0-9]|25[0-5])(?:\.[0-9]{1,3})?"
+                 r"|256(?:\.0{1,3})?|0\.(?:[1-9][0-9]{0,2}|0[1-9][0-9]?))$",
+                 "0.01", "256", 3, "cores")
+Price = decimal_in(r"^(?:0|[1-9][0-9]{0,3})(?:\.[0-9]{1,6})?$", "0", "9999.99", 6,
+                   "USD per hour")
+Money = decimal_in(r"^(?:[1-9][0-9]{0,11}(?:\.[0-9]{1,2})?|0\.(?:0[1-9]|[1-9][0-9]?))$",
+                   "0.01", "999999999999", 2, "USD")
+CostBound = decimal_in(r"^(?:0|[1-9][0-9]{0,11})(?:\.[0-9]{1,12})?$", "0", "999999999999", 12,
+                       "USD")
 
 
 # Every decimal the API answers with is rendered by ``plain_decimal``.
@@ -79,12 +139,11 @@ def _allows_null(prop: dict) -> bool:
     return prop.get("type") == "null" or any(_allows_null(p) for p in prop.get("anyOf", ()))
 
 
-class Changes(Schema):
-    """A partial update: a field left out stays as it is. ``null`` is a value
-    only where the field can be empty (typed ``X | None``); elsewhere it is
-    refused with a 422 naming the field, as any other wrong type."""
+class Body(Schema):
+    """A request body: a JSON object whose values have the types the schema
+    says (strict: ``0`` is not ``false``, ``"1"`` is not ``1``)."""
 
-    model_config = ConfigDict(json_schema_extra=_omitted_means_unchanged)
+    model_config = ConfigDict(strict=True)
 
     @model_validator(mode="wrap")
     @classmethod
@@ -96,11 +155,19 @@ class Changes(Schema):
         return handler(data)
 
 
+class Changes(Body):
+    """A partial update: a field left out stays as it is. ``null`` is a value
+    only where the field can be empty (typed ``X | None``); elsewhere it is
+    refused with a 422 naming the field, as any other wrong type."""
+
+    model_config = ConfigDict(json_schema_extra=_omitted_means_unchanged)
+
+
 class Detail(Schema):
     detail: Any = Field(..., description="a message, or the errors per field")
 
 
-class TeamIn(Schema):
+class TeamIn(Body):
     name: Annotated[str, StringConstraints(min_length=1, max_length=100)]
     slug: Slug
 
@@ -117,12 +184,12 @@ class TeamOut(Schema):
     role: str | None = None
 
 
-class MemberIn(Schema):
+class MemberIn(Body):
     username: Annotated[str, StringConstraints(min_length=1, max_length=150)]
     role: RoleName = "viewer"
 
 
-class MemberPatch(Schema):
+class MemberPatch(Body):
     role: RoleName
 
 
@@ -134,7 +201,7 @@ class MemberOut(Schema):
     created_at: datetime
 
 
-class AgentIn(Schema):
+class AgentIn(Body):
     team_id: Id
     slug: Slug
     name: Annotated[str, StringConstraints(min_length=1, max_length=100)]
@@ -158,17 +225,25 @@ class AgentOut(Schema):
     updated_at: datetime
 
 
-class VersionIn(Schema):
+class VersionIn(Body):
+    """What to run: an image, a bundle or a command (at least one)."""
+
+    model_config = ConfigDict(json_schema_extra={"anyOf": [
+        {"required": ["image"], "properties": {"image": {"minLength": 1}}},
+        {"required": ["bundle"], "properties": {"bundle": {"minLength": 1}}},
+        {"required": ["command"], "properties": {"command": {"minItems": 1}}},
+    ]})
+
     image: Annotated[str, StringConstraints(max_length=255)] = ""
     bundle: Annotated[str, StringConstraints(max_length=255)] = ""
     command: list[Annotated[str, StringConstraints(max_length=4096)]] = Field(
         default_factory=list, max_length=256)
     env: dict[str, Annotated[str, StringConstraints(max_length=32_768)]] = Field(
         default_factory=dict)
-    secret_refs: list[str] = Field(default_factory=list, max_length=256)
-    cpu: Annotated[Decimal, Field(gt=0, le=256, max_digits=6, decimal_places=3)] = Decimal("0.5")
-    memory_mb: Annotated[int, Field(ge=16, le=1024 * 1024)] = 256
-    port: Annotated[int, Field(ge=1, le=65535)] | None = None
+    secret_refs: list[SecretName] = Field(default_factory=list, max_length=256)
+    cpu: Cpu = Decimal("0.5")
+    memory_mb: integer(ge=16, le=1024 * 1024) = 256
+    port: integer(ge=1, le=65535) | None = None
     health: dict[str, Any] = Field(default_factory=dict)
     model_settings: dict[str, Any] = Field(default_factory=dict)
     pattern_settings: dict[str, Any] = Field(default_factory=dict)
@@ -193,23 +268,23 @@ class VersionOut(Schema):
     created_at: datetime
 
 
-class TargetIn(Schema):
+class TargetIn(Body):
     team_id: Id
     name: Slug
     kind: KindName
     connection: dict[str, Any] = Field(default_factory=dict)
     labels: dict[str, Annotated[str, StringConstraints(max_length=255)]] = Field(
         default_factory=dict)
-    price_cpu_hour: Annotated[Decimal, Field(ge=0, max_digits=10, decimal_places=6)] = Decimal(0)
-    price_gib_hour: Annotated[Decimal, Field(ge=0, max_digits=10, decimal_places=6)] = Decimal(0)
+    price_cpu_hour: Price = Decimal(0)
+    price_gib_hour: Price = Decimal(0)
 
 
 class TargetPatch(Changes):
     name: Slug = None
     connection: dict[str, Any] = None
     labels: dict[str, Annotated[str, StringConstraints(max_length=255)]] = None
-    price_cpu_hour: Annotated[Decimal, Field(ge=0, max_digits=10, decimal_places=6)] = None
-    price_gib_hour: Annotated[Decimal, Field(ge=0, max_digits=10, decimal_places=6)] = None
+    price_cpu_hour: Price = None
+    price_gib_hour: Price = None
 
 
 class TargetOut(Schema):
@@ -303,14 +378,14 @@ class InstanceOut(Schema):
         return obj.revision.number if obj.revision_id else None
 
 
-class SecretIn(Schema):
+class SecretIn(Body):
     team_id: Id
-    name: Annotated[str, StringConstraints(min_length=1, max_length=128)]
-    value: Annotated[str, StringConstraints(max_length=65_536)]
+    name: SecretName
+    value: Annotated[str, StringConstraints(min_length=1, max_length=65_536)]
 
 
-class SecretPatch(Schema):
-    value: Annotated[str, StringConstraints(max_length=65_536)]
+class SecretPatch(Body):
+    value: Annotated[str, StringConstraints(min_length=1, max_length=65_536)]
 
 
 class SecretOut(Schema):
@@ -321,7 +396,7 @@ class SecretOut(Schema):
     updated_at: datetime
 
 
-class TokenIn(Schema):
+class TokenIn(Body):
     team_id: Id
     name: Annotated[str, StringConstraints(min_length=1, max_length=100)]
     scope: ScopeName = "read"

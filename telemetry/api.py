@@ -3,7 +3,6 @@ summaries, budgets. Auth and error mapping come from the one NinjaAPI;
 every fetch is scoped to the caller's teams (outsiders 404, low roles 403).
 """
 from datetime import timedelta
-from decimal import Decimal
 from typing import Literal
 
 from django.http import HttpRequest
@@ -15,7 +14,7 @@ from deployments import access as registry_access
 from deployments.api import Page, actor_of
 from deployments.errors import NotFound, may_raise
 from deployments.models import Agent, Deployment, Role
-from deployments.schemas import Id, Moment
+from deployments.schemas import CostBound, Id, Moment
 
 from . import access, budgets, cost, traces
 from .models import Budget, BudgetEvent
@@ -42,8 +41,8 @@ class RunFilter(Schema):
     status: Literal["ok", "error"] | None = None
     since: Moment | None = None
     until: Moment | None = None
-    min_cost: Decimal | None = None
-    max_cost: Decimal | None = None
+    min_cost: CostBound | None = None
+    max_cost: CostBound | None = None
     cost_unknown: bool | None = None
     model: str | None = None
 

@@ -8,12 +8,10 @@ from typing import Annotated, Any, Literal
 from ninja import Field, Schema
 from pydantic import StringConstraints
 
-from deployments.schemas import Changes, DecimalOut, Id
+from deployments.schemas import Body, Changes, DecimalOut, Id, Money, integer
 
 from .models import BudgetEvent, Run
 
-Money = Annotated[Decimal, Field(ge=Decimal("0.01"), le=Decimal("999999999999"),
-                                 max_digits=14, decimal_places=2)]
 ActionName = Literal["alert", "pause", "scale_to_zero"]
 
 
@@ -130,15 +128,22 @@ class CostsOut(Schema):
     series: list[CostBucket]
 
 
-class Threshold(Schema):
-    percent: Annotated[int, Field(ge=1, le=1000)]
+class Threshold(Body):
+    percent: integer(ge=1, le=1000)
     action: ActionName
 
 
-WebhookUrl = Annotated[str, StringConstraints(max_length=2000)]
+# An http(s) URL with a host name, localhost or an IPv4 address (a subset of
+# what Django's URLValidator accepts, so the schema and the model agree), or "".
+_OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+WebhookUrl = Annotated[str, StringConstraints(
+    max_length=2000,
+    pattern=rf"^(?:https?://(?:localhost|{_OCTET}(?:\.{_OCTET}){{3}}"
+            r"|(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63})"
+            r"(?::[0-9]{1,5})?(?:/[!-~]*)?)?$")]
 
 
-class BudgetIn(Schema):
+class BudgetIn(Body):
     team_id: Id
     agent_id: Id | None = Field(None, description="empty: the whole team")
     name: Annotated[str, StringConstraints(min_length=1, max_length=100)]
