@@ -11,10 +11,10 @@ from django.core.asgi import get_asgi_application
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "controlplane.settings")
 django_asgi_app = get_asgi_application()
 
-from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 
+from deployments.consumers import SocketAuthMiddlewareStack  # noqa: E402
 from deployments.routing import websocket_urlpatterns  # noqa: E402
 from telemetry.receiver import OTLPReceiver  # noqa: E402
 
@@ -25,7 +25,7 @@ application = ProtocolTypeRouter(
         # OTLP exports (POST /v1/traces) are served before Django's middleware.
         "http": OTLPReceiver(django_asgi_app),
         "websocket": AllowedHostsOriginValidator(
-            AuthMiddlewareStack(URLRouter(websocket_urlpatterns))
+            SocketAuthMiddlewareStack(URLRouter(websocket_urlpatterns))
         ),
         # Startup and shutdown of the web process (the standalone live relay).
         "lifespan": lifespan,
