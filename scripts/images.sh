@@ -2,11 +2,16 @@
 # Offline images for the local Docker hosts (there is no image registry here).
 #
 #   scripts/images.sh ensure HOST_URL [HOST_URL...]
+#   scripts/images.sh controlplane HOST_URL [TAG]
 #
-# For each daemon: import hangar/python-base:bookworm if missing (a debootstrap'd
-# Debian bookworm minbase with python3, built once per machine and cached as a
-# tarball), then build hangar/reference-agent:latest if missing or if its source
-# (agents/reference/*) changed, from wheels downloaded once into the cache.
+# ensure: for each daemon, import hangar/python-base:bookworm if missing (a
+# debootstrap'd Debian bookworm minbase with python3, built once per machine and
+# cached as a tarball), then build hangar/reference-agent:latest if missing or if
+# its source (agents/reference/*) changed, from wheels downloaded once into the cache.
+# controlplane: build the control plane's Dockerfile on that daemon from the same
+# base (TAG, default hangar/controlplane:local), offline, with the wheels of
+# pyproject.toml's dependencies downloaded once on this host; rebuilt only when
+# the tree it copies changed (layers are cached too).
 # Caches live in $HANGAR_CACHE (default /var/cache/hangar), outside the repo.
 set -euo pipefail
 
@@ -20,7 +25,7 @@ WHEELS=$CACHE/wheels
 HASH_LABEL=hangar.source-hash
 
 die() { echo "images: $*" >&2; exit 1; }
-usage() { sed -n '2,11s/^# \{0,1\}//p' "$0" >&2; exit 2; }
+usage() { sed -n '2,16s/^# \{0,1\}//p' "$0" >&2; exit 2; }
 
 # Run a command quietly; show its output only if it fails.
 quiet() {
@@ -176,13 +181,81 @@ ensure_host() {
   echo "$host: images ready in $((SECONDS - t0))s (base $base, reference-agent $agent, source $hash)"
 }
 
-[ "${1:-}" = ensure ] && [ $# -ge 2 ] || usage
-shift
+# The control plane image -------------------------------------------------------------
+CP_WHEELS=$CACHE/controlplane-wheels
+CP_SOURCES=(Dockerfile pyproject.toml manage.py controlplane deployments telemetry templates static
+            offline-wheels)
+
+# pyproject.toml's runtime dependencies plus what building the project needs.
+cp_requirements() {
+  "$REPO/.venv/bin/python" - "$REPO/pyproject.toml" <<'PY'
+import sys, tomllib
+project = tomllib.load(open(sys.argv[1], "rb"))
+print("\n".join(project["project"]["dependencies"] + project["build-system"]["requires"]
+                + ["wheel"]))
+PY
+}
+
+ensure_cp_wheels() {
+  local want py reqs
+  reqs=$(mktemp)
+  cp_requirements >"$reqs"
+  want=$(sha256sum <"$reqs" | cut -d' ' -f1)
+  if [ "$(cat "$CP_WHEELS/.requirements.sha256" 2>/dev/null)" = "$want" ]; then
+    rm -f "$reqs"; return
+  fi
+  py=$(download_python)
+  rm -rf "$CP_WHEELS.tmp"; mkdir -p "$CP_WHEELS.tmp"
+  quiet "$py" -m pip download --disable-pip-version-check -q --only-binary=:all: \
+    -d "$CP_WHEELS.tmp" -r "$reqs" || { rm -f "$reqs"; die "downloading wheels failed"; }
+  rm -f "$reqs"
+  echo "$want" >"$CP_WHEELS.tmp/.requirements.sha256"
+  rm -rf "$CP_WHEELS"; mv "$CP_WHEELS.tmp" "$CP_WHEELS"
+}
+
+cp_source_hash() {
+  (cd "$REPO" && find "${CP_SOURCES[@]}" -type f ! -name '*.pyc' ! -path '*/__pycache__/*' \
+    ! -name '*.whl' -print0 | LC_ALL=C sort -z | xargs -0 sha256sum) | sha256sum | cut -c1-16
+}
+
+build_controlplane() {
+  local host=$1 tag=${2:-hangar/controlplane:local} hash ctx t0=$SECONDS
+  case "$host" in unix://* | tcp://* | ssh://*) ;; *) host="unix://$host" ;; esac
+  has_image "$host" "$BASE_IMAGE" || { ensure_rootfs; import_base "$host"; }
+  hash=$(cp_source_hash)
+  if [ "$(docker -H "$host" image inspect -f "{{index .Config.Labels \"$HASH_LABEL\"}}" \
+      "$tag" 2>/dev/null || true)" = "$hash" ]; then
+    echo "$host: $tag up to date (source $hash)"; return
+  fi
+  ensure_cp_wheels
+  ctx=$(mktemp -d)
+  # shellcheck disable=SC2064
+  trap "rm -rf '$ctx'" RETURN
+  (cd "$REPO" && tar --exclude='__pycache__' --exclude='*.pyc' --exclude='*.whl' -cf - \
+    "${CP_SOURCES[@]}") | tar -C "$ctx" -xf -
+  cp "$CP_WHEELS"/*.whl "$ctx/offline-wheels/"
+  DOCKER_BUILDKIT=0 quiet docker -H "$host" build --network host --force-rm \
+    --build-arg "BASE=$BASE_IMAGE" --build-arg "PIP_INDEX_OPTIONS=--no-index" \
+    --label "$HASH_LABEL=$hash" -t "$tag" "$ctx" || die "building $tag on $host failed"
+  echo "$host: built $tag in $((SECONDS - t0))s (source $hash)"
+}
+
+case "${1:-}" in
+  ensure) [ $# -ge 2 ] || usage ;;
+  controlplane) [ $# -ge 2 ] && [ $# -le 3 ] || usage ;;
+  *) usage ;;
+esac
 command -v docker >/dev/null 2>&1 || die "docker client missing (scripts/docker-hosts.sh start N installs it)"
 [ -f "$AGENT_SRC/Dockerfile" ] || die "missing $AGENT_SRC/Dockerfile"
 mkdir -p "$CACHE"
 exec 9>"$CACHE/images.lock"
 flock 9
+if [ "$1" = controlplane ]; then
+  shift
+  build_controlplane "$@"
+  exit 0
+fi
+shift
 BUILT_ON=""
 for host in "$@"; do
   case "$host" in unix://* | tcp://* | ssh://*) ;; *) host="unix://$host" ;; esac

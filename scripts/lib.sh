@@ -49,3 +49,11 @@ ensure_chromium() {
   apt-get install -y -qq chromium >/dev/null 2>&1 \
     || { apt-get update -qq && apt-get install -y -qq chromium >/dev/null; }
 }
+
+ensure_compose() {
+  if command -v docker-compose >/dev/null 2>&1; then return; fi
+  log "installing Debian's docker-compose (the suite checks docker-compose.yml with it)"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get install -y -qq docker-compose >/dev/null 2>&1 \
+    || { apt-get update -qq && apt-get install -y -qq docker-compose >/dev/null; }
+}

@@ -3,7 +3,10 @@ really has: commands, modules, management commands, settings and endpoints."""
 from __future__ import annotations
 
 import importlib
+import os
 import re
+import subprocess
+import tomllib
 from pathlib import Path
 
 import yaml
@@ -60,9 +63,18 @@ def test_dockerfile_matches_the_tree():
     assert len(re.findall(r"^FROM ", text, re.M)) >= 2, "multi-stage build"
     for source in re.findall(r"^COPY (?!--from)(\S+)", text, re.M):
         assert (ROOT / source).exists(), f"COPY {source}: missing"
-    health = re.search(r"HEALTHCHECK .*?urlopen\('http://127\.0\.0\.1:(\d+)(/\S*?)'", text, re.S)
+    # The build stage installs every package pyproject.toml declares.
+    build = text[:text.index("\nFROM ", text.index("AS build"))]
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    for package in project["tool"]["setuptools"]["packages"]:
+        assert re.search(rf"^COPY {package} {package}$", build, re.M), \
+            f"build stage lacks {package}"
+    assert re.search(r"^ARG BASE=python:3\.11-slim$", text, re.M), "base image as a build ARG"
+    assert len(re.findall(r"^FROM \$\{BASE\}", text, re.M)) == 2
+    health = re.search(r"HEALTHCHECK .*?urlopen\('http://127\.0\.0\.1:%s(/\S*?)' % "
+                       r"os\.environ\.get\('HANGAR_HEALTHCHECK_PORT', '(\d+)'\)", text, re.S)
     assert health, "HEALTHCHECK probing an HTTP endpoint"
-    port, path = health.groups()
+    path, port = health.groups()
     assert resolve(path).url_name == "healthz"
     assert f"EXPOSE {port}" in text
     cmd = re.search(r'^CMD (\[.*\])', text, re.M).group(1)
@@ -76,3 +88,21 @@ def test_ci_runs_the_readme_test_command():
     ci = (ROOT / ".ci" / "run").read_text()
     assert "scripts/test" in readme and "scripts/run" in readme
     assert re.search(r"^\s*(exec\s+)?(bash\s+)?scripts/test\b", ci, re.M)
+
+
+def test_docker_compose_config_is_valid():
+    """Debian's docker-compose (scripts/test installs it) parses and resolves the
+    file; without the keys it refuses, naming the variable to set."""
+    keys = {"HANGAR_SECRET_KEY": "k" * 50,
+            "HANGAR_ENCRYPTION_KEY": "dGVzdC1lbmNyeXB0aW9uLWtleS0zMi1ieXRlcyEhISE="}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HANGAR_")}
+    resolved = subprocess.run(["docker-compose", "config"], cwd=ROOT, env={**env, **keys},
+                              capture_output=True, text=True, timeout=60)
+    assert resolved.returncode == 0, resolved.stderr
+    services = yaml.safe_load(resolved.stdout)["services"]
+    assert services["web"]["environment"]["HANGAR_SECRET_KEY"] == keys["HANGAR_SECRET_KEY"]
+    assert services["web"]["depends_on"]["migrate"]["condition"] == \
+        "service_completed_successfully"
+    missing = subprocess.run(["docker-compose", "config", "-q"], cwd=ROOT, env=env,
+                             capture_output=True, text=True, timeout=60)
+    assert missing.returncode != 0 and "set HANGAR_SECRET_KEY" in missing.stderr
