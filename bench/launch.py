@@ -136,10 +136,12 @@ class Hangar:
     """One deployment over the two hosts and a real worker (with beat)."""
 
     def __init__(self, urls: list[str], image: str):
-        from deployments.models import Deployment
+        from deployments.models import Deployment, Policy
         from tests.factories import AgentFactory, TargetFactory, VersionFactory
 
         agent = AgentFactory(slug="bench")
+        # The default team policy caps a deployment at 50 replicas.
+        Policy.objects.update_or_create(team=agent.team, defaults={"max_replicas": 1000})
         version = VersionFactory(agent=agent, image=image, port=8080, cpu="0.2",
                                  memory_mb=128, env={"AGENT_MODE": "realtime"})
         targets = [TargetFactory(team=agent.team, name=f"docker-{i}", kind="docker",
