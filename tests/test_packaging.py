@@ -106,3 +106,20 @@ def test_docker_compose_config_is_valid():
     missing = subprocess.run(["docker-compose", "config", "-q"], cwd=ROOT, env=env,
                              capture_output=True, text=True, timeout=60)
     assert missing.returncode != 0 and "set HANGAR_SECRET_KEY" in missing.stderr
+
+
+def test_run_installs_what_running_needs_and_tests_get_the_test_extra():
+    """scripts/run installs the runtime dependencies plus the `agent` extra (the
+    reference agent's OpenTelemetry export on the local target), never the test
+    tools; scripts/test the test extra, under its own stamp."""
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"]
+    names = {re.split(r"[<>=\[ ;]", dep)[0] for dep in extras["agent"]}
+    assert {"opentelemetry-sdk", "opentelemetry-exporter-otlp-proto-http"} <= names
+    assert "hangar[agent]" in extras["test"]
+    run = (ROOT / "scripts" / "run").read_text()
+    assert re.findall(r"^ensure_venv(.*)$", run, re.M) == [" agent"]
+    test = (ROOT / "scripts" / "test").read_text()
+    assert re.findall(r"^ensure_venv(.*)$", test, re.M) == [" test"]
+    lib = (ROOT / "scripts" / "lib.sh").read_text()
+    assert 'stamp=".venv/.hangar-installed-${extras:-runtime}"' in lib

@@ -67,6 +67,18 @@ def wait_healthy(session: requests.Session, base: str, timeout: float = 120) -> 
         time.sleep(1)
 
 
+def wait_run(session: requests.Session, base: str, deployment_id: int,
+             timeout: float = 60) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        items = session.get(f"{base}/api/v1/runs", params={"deployment": deployment_id},
+                            timeout=10).json()["items"]
+        if items:
+            return items[0]
+        assert time.monotonic() < deadline, "no run recorded from the demo agent's spans"
+        time.sleep(1)
+
+
 def instances_of(session: requests.Session, base: str, deployment_id: int) -> list[dict]:
     data = session.get(f"{base}/api/v1/deployments/{deployment_id}/instances",
                        timeout=10).json()
@@ -169,6 +181,11 @@ def test_run_command_serves_the_demo_dashboard_and_stops_cleanly(tmp_path):
         answer = requests.post(f"http://{instance['address']}/invoke", json={"input": "hi"},
                                timeout=10)
         assert answer.status_code == 200
+        # The demo agent exports its spans (the run install has the `agent` extra,
+        # not the test tools) and its model has a price: the run has a real cost.
+        run = wait_run(session, base, deployment["id"])
+        assert run["model"] == "gpt-4o-mini" and run["cost_status"] == "priced", run
+        assert float(run["cost_usd"]) > 0
         # Static files are streamed without Django's sync-iterator warning.
         assert session.get(f"{base}/static/vendor/htmx.min.js", timeout=10).status_code == 200
 
