@@ -42,7 +42,7 @@ def sync(run: Pass, observed: Observed) -> list[Instance]:
         row = Instance(deployment=d, name=name, target_id=target_id,
                        **run.adopted_fields(item.version, versions), generation=item.generation,
                        port=item.port, runtime_id=item.runtime_id,
-                       phase=InstancePhase.STARTING, started_at=item.started_at)
+                       phase=InstancePhase.STARTING, started_at=item.started_at or run.now)
         try:
             with transaction.atomic():
                 row.save()

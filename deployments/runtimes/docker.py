@@ -37,6 +37,9 @@ from .base import (
 
 STOP_TIMEOUT_S = 5
 INSPECT_PARALLEL = 8  # the SDK's connection pool holds 10
+# How `docker ps` shows a HEALTHCHECK verdict in a container's status.
+HEALTH_IN_STATUS = (("(unhealthy)", "unhealthy"), ("(healthy)", "healthy"),
+                    ("(health: starting)", "starting"))
 
 
 class DockerFeatures(Features):
@@ -222,19 +225,39 @@ class DockerRuntime(Runtime):
             raise RuntimeFailure(f"remove {name}: {exc}") from None
 
     def list_instances(self, deployment_id: int) -> list[ObservedInstance]:
-        """One list call, then the inspects in parallel (the SDK's list
-        inspects one container after the other)."""
+        """One list call. A running container is read from the listing alone;
+        the others (exited, dead, …: their exit code and error matter) are
+        inspected, in parallel."""
         found = self._call(
             "list containers", self.client.api.containers, all=True,
             filters={"label": [f"{LABEL_DEPLOYMENT}={deployment_id}", f"{LABEL_MANAGED}=true"]})
-        ids = [c["Id"] for c in found if "hangar.job" not in (c.get("Labels") or {})]
-        if len(ids) <= 1:
-            details = [self._inspect(i) for i in ids]
+        found = [c for c in found if "hangar.job" not in (c.get("Labels") or {})]
+        observed = [self._observe_listed(c) for c in found if c.get("State") == "running"]
+        others = [c["Id"] for c in found if c.get("State") != "running"]
+        if len(others) <= 1:
+            details = [self._inspect(i) for i in others]
         else:
-            with ThreadPoolExecutor(max_workers=min(INSPECT_PARALLEL, len(ids))) as pool:
-                details = list(pool.map(self._inspect, ids))
-        return [self._observe(self.client.containers.prepare_model(attrs))
-                for attrs in details if attrs is not None]
+            with ThreadPoolExecutor(max_workers=min(INSPECT_PARALLEL, len(others))) as pool:
+                details = list(pool.map(self._inspect, others))
+        observed += [self._observe(self.client.containers.prepare_model(attrs))
+                     for attrs in details if attrs is not None]
+        return sorted(observed, key=lambda o: o.name)
+
+    def _observe_listed(self, summary: dict) -> ObservedInstance:
+        """A running container from its listing entry ("Up 3 seconds (healthy)");
+        its start time is not in the listing (the row keeps the one it has)."""
+        labels = summary.get("Labels") or {}
+        text = summary.get("Status") or ""
+        health = next((word for marker, word in HEALTH_IN_STATUS if marker in text), "")
+        port = int(labels[LABEL_PORT]) if labels.get(LABEL_PORT, "").isdigit() else None
+        names = summary.get("Names") or [""]
+        return ObservedInstance(
+            name=labels.get(LABEL_INSTANCE, names[0].lstrip("/")),
+            runtime_id=summary["Id"][:12],
+            generation=int(labels.get(LABEL_GENERATION, "0") or 0),
+            version=labels.get(LABEL_VERSION, ""), phase="running", host=self.target.name,
+            address=f"{self.bind_address}:{port}" if port else "", port=port,
+            runtime_health=health)
 
     def _inspect(self, container_id: str) -> dict | None:
         """A container's details, or None if it was removed since the list."""
