@@ -38,4 +38,4 @@ EXPOSE 8000
 # HANGAR_HEALTHCHECK_PORT: where the probe looks when the web server is given another --port.
 HEALTHCHECK --interval=15s --timeout=5s --start-period=20s --retries=3 \
   CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/healthz' % os.environ.get('HANGAR_HEALTHCHECK_PORT', '8000'), timeout=4)"]
-CMD ["uvicorn", "controlplane.asgi:application", "--host", "0.0.0.0", "--port", "8000", "--ws", "websockets-sansio", "--lifespan", "on", "--proxy-headers"]
+CMD ["uvicorn", "controlplane.asgi:application", "--host", "0.0.0.0", "--port", "8000", "--ws", "websockets-sansio", "--lifespan", "on", "--proxy-headers", "--timeout-graceful-shutdown", "5"]

@@ -75,7 +75,7 @@ def test_image_serves_logs_in_and_reconciles(daemon, services):
         assert bootstrap.wait(timeout=120)["StatusCode"] == 0, logs()
         web = run(["uvicorn", "controlplane.asgi:application", "--host", "127.0.0.1", "--port",
                    str(port), "--ws", "websockets-sansio", "--lifespan", "on",
-                   "--proxy-headers"])
+                   "--proxy-headers", "--timeout-graceful-shutdown", "5"])
         run(["celery", "-A", "controlplane", "worker", "--loglevel=INFO", "--pool=solo"])
         run(["celery", "-A", "controlplane", "beat", "--loglevel=INFO",
              "--schedule", "/tmp/celerybeat-schedule"])
