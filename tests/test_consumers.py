@@ -126,21 +126,98 @@ async def test_team_changes_reach_open_sockets(in_memory_layer, world_async):
     await viewer.disconnect()
 
 
-async def test_a_failed_join_leaves_nothing_behind(in_memory_layer, world_async, monkeypatch):
-    """The channel layer is down when a socket connects: the connection fails,
-    and neither the hub nor a writer task keeps the socket."""
+async def down(*args, **kwargs):
+    raise ConnectionError("redis is down")
+
+
+@pytest.fixture
+def quick_heartbeat(monkeypatch):
+    from deployments import hub
+
+    monkeypatch.setattr(hub, "HEARTBEAT_S", 0.05)
+    monkeypatch.setattr(hub, "STALE_S", 0.5)
+
+
+async def test_a_socket_joining_while_the_layer_is_down_is_told_and_resynced(
+        in_memory_layer, world_async, monkeypatch, quick_heartbeat):
+    """The channel layer fails when a socket connects: the socket is accepted
+    all the same and told that live updates are interrupted; once the layer
+    answers, the hub joins the team's group again and tells the page to re-sync,
+    and events flow."""
+    from channels.layers import get_channel_layer
+
     from deployments.hub import hub
 
-    async def down(*args, **kwargs):
-        raise ConnectionError("redis is down")
+    layer = get_channel_layer()
+    with monkeypatch.context() as patch:
+        patch.setattr(hub().layer, "group_add", down)
+        viewer, connected, _ = await connect(world_async.users["viewer"])
+        assert connected
+        assert (await viewer.receive_json_from(timeout=2))["event"] == "live.interrupted"
+        assert hub().interrupted
+    assert (await viewer.receive_json_from(timeout=2))["event"] == "live.resumed"
+    await layer.group_send(team_group(world_async.team.pk), event(world_async.team.pk, 4))
+    assert (await viewer.receive_json_from(timeout=2))["payload"] == {"replicas": 4}
+    await viewer.disconnect()
 
-    monkeypatch.setattr(hub().layer, "group_add", down)
-    communicator = WebsocketCommunicator(application, "/ws/events/", headers=[
-        (b"origin", b"http://127.0.0.1"), (b"host", b"127.0.0.1"),
-        (b"cookie", (await sync_to_async(session_cookie)(world_async.users["viewer"])).encode())])
-    with pytest.raises(ConnectionError):
-        await communicator.connect()
+
+async def test_open_sockets_are_told_when_the_layer_goes_and_comes_back(
+        in_memory_layer, world_async, monkeypatch, quick_heartbeat):
+    """A heartbeat that cannot be sent interrupts live updates on every open
+    socket; the first one echoed back resumes them (the page re-syncs)."""
+    from deployments.hub import hub
+
+    viewer, connected, _ = await connect(world_async.users["viewer"])
+    operator, connected2, _ = await connect(world_async.users["operator"])
+    assert connected and connected2
+    assert await viewer.receive_nothing(timeout=0.3)  # heartbeats are not sent to pages
+    with monkeypatch.context() as patch:
+        patch.setattr(hub().layer, "send", down)
+        for socket in (viewer, operator):
+            assert (await socket.receive_json_from(timeout=2))["event"] == "live.interrupted"
+        assert await viewer.receive_nothing(timeout=0.3)  # said once
+    for socket in (viewer, operator):
+        assert (await socket.receive_json_from(timeout=2))["event"] == "live.resumed"
+    assert not hub().interrupted
+    await viewer.disconnect()
+    await operator.disconnect()
+
+
+async def test_heartbeats_lost_on_the_way_interrupt_then_resync(
+        in_memory_layer, world_async, monkeypatch, quick_heartbeat):
+    """The layer takes every heartbeat but none comes back (the subscription is
+    broken): after STALE_S the page is told; heartbeats echoed again, with a
+    gap in their numbers, resume live updates."""
+    from deployments.hub import hub
+
+    async def swallowed(*args, **kwargs):
+        return None
+
+    viewer, connected, _ = await connect(world_async.users["viewer"])
+    assert connected
+    with monkeypatch.context() as patch:
+        patch.setattr(hub().layer, "send", swallowed)
+        assert (await viewer.receive_json_from(timeout=3))["event"] == "live.interrupted"
+        sent = hub().sent
+        assert sent > hub().heard
+    assert (await viewer.receive_json_from(timeout=2))["event"] == "live.resumed"
+    assert hub().heard > sent
+    await viewer.disconnect()
+
+
+async def test_leaving_while_the_layer_is_down_leaves_nothing_behind(
+        in_memory_layer, world_async, monkeypatch):
+    """Sockets close while the layer is down: neither the hub nor a writer task
+    keeps them, and the hub stops."""
+    from deployments.hub import hub
+
+    viewer, connected, _ = await connect(world_async.users["viewer"])
+    assert connected
+    monkeypatch.setattr(hub().layer, "group_discard", down)
+    monkeypatch.setattr(hub().layer, "send", down)
+    await viewer.disconnect()
     assert hub().subscribers == set() and hub().by_team == {} and hub().tasks == []
+    assert hub().channel is None and not hub().interrupted
     writers = [t for t in asyncio.all_tasks() if "_write" in repr(t.get_coro())]
     assert writers == []
 

@@ -61,5 +61,6 @@ window.hangarFollow = hangarFollow;
     if (String(e.detail.deployment_id) !== box.dataset.deployment || timer) return;
     timer = setTimeout(() => { timer = null; load(); }, Math.max(0, 3000 - (Date.now() - last)));
   });
+  document.addEventListener("hangar:resync", () => load());
   load();
 })();

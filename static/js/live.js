@@ -1,6 +1,9 @@
 // Hangar live updates: one websocket per page. Server events are hints ("this
 // deployment's instances changed"); elements that declare interest re-fetch
 // their server-rendered partial with htmx. On reconnect everything re-syncs.
+// The server's hub also says when its channel layer (Redis) is unreachable
+// ("live.interrupted": events are being lost, the page says Reconnecting…) and
+// when it is back ("live.resumed": everything re-syncs, the page says Live).
 (function () {
   "use strict";
   const status = document.getElementById("live-status");
@@ -38,8 +41,11 @@
     if (state === "again" && replacement) setTimeout(() => refresh(replacement), 250);
   });
 
+  // Re-sync everything (after a reconnect or a resume): the partials, and
+  // whatever listens for "hangar:resync" (the deployment page's charts).
   function refreshAll() {
     document.querySelectorAll("[data-live-events]").forEach(refresh);
+    document.dispatchEvent(new CustomEvent("hangar:resync"));
   }
 
   function connect() {
@@ -53,6 +59,15 @@
     };
     socket.onmessage = (event) => {
       const message = JSON.parse(event.data);
+      if (message.event === "live.interrupted") {
+        setStatus("reconnecting", "Reconnecting…");
+        return;
+      }
+      if (message.event === "live.resumed") {
+        setStatus("live", "Live");
+        refreshAll();
+        return;
+      }
       document.dispatchEvent(new CustomEvent("hangar:event", { detail: message }));
       document.querySelectorAll("[data-live-events]").forEach((element) => {
         if (wanted(element, message)) refresh(element);
