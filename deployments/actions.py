@@ -37,6 +37,7 @@ from .models import (
     Team,
 )
 from .patterns import get_pattern
+from .runtimes import validate_connection
 
 TOKEN_PREFIX = "hgr_"
 
@@ -103,9 +104,7 @@ _apply = apply_changes
 
 def schedule_reconcile(deployment_id: int) -> None:
     """Reconcile after commit; with the broker down the sweep does it later."""
-    from .tasks import reconcile
-
-    effects.enqueue_on_commit(reconcile, deployment_id)
+    effects.enqueue_on_commit("deployments.tasks.reconcile", deployment_id)
 
 
 # Teams and members ----------------------------------------------------------------
@@ -263,7 +262,6 @@ def _user(actor: Actor):
 
 @transaction.atomic
 def create_target(team: Team, *, actor: Actor, **fields) -> Target:
-    from .runtimes import validate_connection
 
     allowed = _policy(team.pk).allowed_target_kinds
     if allowed and fields.get("kind") not in allowed:
@@ -277,7 +275,6 @@ def create_target(team: Team, *, actor: Actor, **fields) -> Target:
 
 @transaction.atomic
 def update_target(target: Target, *, actor: Actor, **changes) -> Target:
-    from .runtimes import validate_connection
 
     target = Target.objects.select_for_update().get(pk=target.pk)
     before = audit.snapshot(target)
@@ -434,10 +431,7 @@ def scale_deployment(deployment: Deployment, *, replicas: int, actor: Actor) -> 
 def delete_deployment(deployment: Deployment, *, actor: Actor) -> None:
     """Delete the row; its runtime objects are removed after commit (and any a
     crash leaves behind are collected as orphans by the beat sweep)."""
-    from .reconciler import eligible_targets
-    from .tasks import teardown
-
-    target_ids = [t.pk for t in eligible_targets(deployment)]
+    target_ids = [t.pk for t in deployment.eligible_targets()]
     deployment_id = deployment.pk
     audit.record(actor, "deployment.delete", deployment, before=audit.snapshot(deployment))
     try:
@@ -445,7 +439,7 @@ def delete_deployment(deployment: Deployment, *, actor: Actor) -> None:
     except ProtectedError as exc:
         raise Conflict(str(exc)) from None
     # With the broker down, orphan collection removes the instances later.
-    effects.enqueue_on_commit(teardown, deployment_id, target_ids)
+    effects.enqueue_on_commit("deployments.tasks.teardown", deployment_id, target_ids)
 
 
 @transaction.atomic

@@ -14,6 +14,7 @@ from ninja.pagination import LimitOffsetPagination, paginate
 from . import access, actions, revisions
 from .audit import Actor
 from .errors import Conflict, Forbidden, NotFound, may_raise
+from .logs import log_response
 from .models import (
     Agent,
     AgentVersion,
@@ -411,8 +412,6 @@ def instance_logs(request, deployment_id: Id, name: str, tail: LogTail = 200,
                   follow: bool = False):
     """An instance's output: the last `tail` lines, or a Server-Sent Events stream
     of new lines with `follow=true`."""
-    from .logs import log_response
-
     deployment = access.get_for(actor_of(request), Deployment.objects.all(), pk=deployment_id)
     instance = Instance.objects.filter(deployment=deployment, name=name).select_related(
         "target").first()

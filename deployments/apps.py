@@ -7,4 +7,6 @@ class DeploymentsConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from . import checks  # noqa: F401  (registers system checks)
+        # System checks register on import; tasks register with Celery, so that
+        # verbs can enqueue them by name in every process (see effects.enqueue).
+        from . import checks, tasks  # noqa: F401

@@ -10,7 +10,7 @@ from django.core.serializers.json import DjangoJSONEncoder
 from django.db import models
 
 from .crypto import EncryptedJSONField, EncryptedTextField
-from .models import AuditEvent
+from .models import AuditEvent, Team
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import AbstractBaseUser
@@ -106,8 +106,6 @@ def record(
 
 
 def _team_id_of(obj: models.Model) -> int | None:
-    from .models import Team
-
     if isinstance(obj, Team):
         return obj.pk
     for path in ("team_id", "agent.team_id", "deployment.agent.team_id"):

@@ -4,12 +4,12 @@ from __future__ import annotations
 from django.conf import settings
 from django.core.checks import Error, Tags, Warning, register
 
+from .models import TargetKind
+from .runtimes.base import CONNECTION_SCHEMAS, DRIVERS
+
 
 @register(Tags.compatibility)
 def check_runtimes(app_configs, **kwargs):
-    from .models import TargetKind
-    from .runtimes.base import CONNECTION_SCHEMAS, DRIVERS
-
     errors = []
     for kind in TargetKind.values:
         if kind not in DRIVERS:

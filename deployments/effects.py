@@ -17,6 +17,7 @@ import logging
 import threading
 from collections import Counter
 
+from celery import current_app
 from django.db import transaction
 from kombu.exceptions import OperationalError as BrokerError
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -52,7 +53,14 @@ def counts() -> dict[str, int]:
 
 def enqueue(task, *args, **options) -> None:
     """``task.delay(*args)`` (``apply_async`` with ``options``) now; a broker
-    that cannot be reached is logged and counted instead of raised."""
+    that cannot be reached is logged and counted instead of raised.
+
+    ``task`` is a Celery task or its registered name (``"deployments.tasks.reconcile"``).
+    Verbs name their tasks: the tasks call the control loop, which calls the
+    verbs, so a verb importing its task would close an import cycle.
+    """
+    if isinstance(task, str):
+        task = current_app.tasks[task]
     try:
         if options:
             task.apply_async(args, **options)

@@ -300,6 +300,19 @@ class Deployment(models.Model):
         """What an operator types to confirm a dangerous action."""
         return f"{self.agent.slug}@{self.environment}"
 
+    def eligible_targets(self) -> list[Target]:
+        """Its own target first, then every target of the same team and kind whose
+        labels match the ``placement`` selector."""
+        targets = [self.target]
+        selector = self.placement or {}
+        if selector:
+            for target in Target.objects.filter(team_id=self.target.team_id,
+                                                kind=self.target.kind).order_by("name"):
+                if target.pk != self.target_id and all(
+                        target.labels.get(k) == v for k, v in selector.items()):
+                    targets.append(target)
+        return targets
+
     def clean(self) -> None:
         errors = {}
         if self.version_id and self.agent_id and self.version.agent_id != self.agent_id:

@@ -7,13 +7,15 @@ from django.db.models import Q
 
 from . import samples
 from .models import Deployment, DeploymentState
+from .reconciler import collect_orphans as collect
+from .reconciler import probe_targets as probe
+from .reconciler import reconcile as reconcile_once
+from .reconciler import teardown as remove_everything
 
 
 @shared_task(acks_late=True, ignore_result=True)
 def reconcile(deployment_id: int) -> str:
     """One pass; the pass says when it wants the next one, the task schedules it."""
-    from .reconciler import reconcile as reconcile_once
-
     outcome = reconcile_once(deployment_id)
     if outcome.requeue_in is not None:
         reconcile.apply_async((deployment_id,), countdown=outcome.requeue_in,
@@ -34,22 +36,16 @@ def sweep() -> int:
 
 @shared_task(acks_late=True, ignore_result=True)
 def teardown(deployment_id: int, target_ids: list[int]) -> int:
-    from .reconciler import teardown as remove_everything
-
     return remove_everything(deployment_id, target_ids)
 
 
 @shared_task(ignore_result=True)
 def probe_targets() -> None:
-    from .reconciler import probe_targets as probe
-
     probe()
 
 
 @shared_task(ignore_result=True)
 def collect_orphans() -> dict:
-    from .reconciler import collect_orphans as collect
-
     return collect()
 
 

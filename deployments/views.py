@@ -1,6 +1,7 @@
 """Operator UI: server-rendered pages with htmx partials from the same templates."""
 from __future__ import annotations
 
+from datetime import timedelta
 from urllib.parse import urlencode
 
 from django.contrib import messages
@@ -13,14 +14,14 @@ from django.shortcuts import redirect, render
 from django.template.loader import render_to_string
 from django.templatetags.static import static
 from django.urls import reverse
+from django.utils import timezone
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from telemetry.summary import deployment_series, deployment_summaries
-
-from . import access, actions, effects, revisions
+from . import access, actions, effects, figures, revisions
 from .audit import Actor
 from .errors import DomainError, Invalid
 from .forms import AgentForm, DeploymentForm, ScaleForm, StateForm, TokenForm, VersionForm
+from .logs import log_response
 from .models import (
     ROLE_RANK,
     Agent,
@@ -141,7 +142,7 @@ def fleet(request: HttpRequest) -> HttpResponse:
                                          | Q(environment__icontains=q))
     page = Paginator(deployments, 50).get_page(request.GET.get("page"))
     rows = list(page)
-    summaries = deployment_summaries([d.pk for d in rows])
+    summaries = figures.summaries([d.pk for d in rows])
     for d in rows:
         d.summary = summaries.get(d.pk, {})
     readable_teams = access.readable(actor, Team.objects.all())
@@ -326,10 +327,6 @@ def deployment_detail(request: HttpRequest, deployment_id: int) -> HttpResponse:
 @require_GET
 def deployment_metrics(request: HttpRequest, deployment_id: int) -> JsonResponse:
     """Chart series for the deployment page (last hour)."""
-    from datetime import timedelta
-
-    from django.utils import timezone
-
     deployment = access.get_for(_actor(request), Deployment.objects.all(), pk=deployment_id)
     since = timezone.now() - timedelta(hours=1)
     samples = list(deployment.samples.filter(at__gte=since).order_by("at").values(
@@ -343,7 +340,7 @@ def deployment_metrics(request: HttpRequest, deployment_id: int) -> JsonResponse
                        for s in samples],
         "inflight": [s["inflight"] for s in samples],
     }
-    series["runs"] = deployment_series(deployment.pk, since)
+    series.update(figures.series(deployment.pk, since))
     return JsonResponse(series)
 
 
@@ -404,8 +401,6 @@ def deployment_scale(request: HttpRequest, deployment_id: int) -> HttpResponse:
 @require_GET
 def instance_logs(request: HttpRequest, deployment_id: int, name: str) -> HttpResponse:
     """The last lines of an instance's output, as a partial for the logs panel."""
-    from .logs import log_response
-
     deployment = access.get_for(_actor(request), DEPLOYMENT_QS, pk=deployment_id)
     instance = Instance.objects.filter(deployment=deployment, name=name).select_related(
         "target", "deployment__target").first()

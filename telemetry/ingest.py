@@ -43,9 +43,10 @@ from decimal import Decimal
 from typing import NamedTuple
 
 import psycopg
+from asgiref.sync import sync_to_async
 from cachetools import TTLCache
 from django.conf import settings
-from django.db import DatabaseError
+from django.db import DatabaseError, connection
 from google.protobuf import descriptor_pb2, descriptor_pool, json_format, message_factory
 from google.protobuf.message import DecodeError
 from google.protobuf.unknown_fields import UnknownFieldSet
@@ -58,6 +59,7 @@ from opentelemetry.proto.common.v1 import common_pb2
 
 from deployments.models import Deployment, Instance
 
+from . import storage
 from .cost import CACHE_READ_KEYS, CACHE_WRITE_KEYS, PRICER
 from .models import FLAG_COST_UNKNOWN, FLAG_LLM, FLAG_ROOT, FLAG_TRUNCATED
 
@@ -688,8 +690,6 @@ def handle(body: bytes, *, content_type: str, content_encoding: str,
     the standalone SQLite shape) uses this; ``handle_async`` is its twin for the
     ASGI fast path on PostgreSQL.
     """
-    from . import storage
-
     try:
         fmt = content_format(content_type)
     except IngestError as exc:
@@ -711,8 +711,6 @@ async def handle_async(body: bytes, *, content_type: str, content_encoding: str,
                        authorization: str) -> Reply:
     """``handle`` on the event loop: decoding runs inline (it is CPU-bound and
     short), the write goes through ``storage.write_spans_async``."""
-    from . import storage
-
     try:
         fmt = content_format(content_type)
     except IngestError as exc:
@@ -738,8 +736,6 @@ async def _authenticate_once(authorization: str) -> Source:
     """``authenticate`` in a worker thread, once for all the exports that arrive
     with the same token while it runs: after a start, or when the cached source
     expires, every export in flight would otherwise query the database."""
-    from asgiref.sync import sync_to_async
-
     loop = asyncio.get_running_loop()
     pending = _authenticating.setdefault(loop, {})
     task = pending.get(authorization)
@@ -756,8 +752,6 @@ async def _authenticate_once(authorization: str) -> Source:
 
 def _authenticate_and_close(authorization: str) -> Source:
     """``authenticate`` from a worker thread that keeps no connection open."""
-    from django.db import connection
-
     try:
         return authenticate(authorization)
     finally:

@@ -10,7 +10,7 @@ from pydantic import StringConstraints
 
 from deployments.schemas import Body, Changes, DecimalOut, Id, Money, integer
 
-from .models import BudgetEvent, Run
+from .models import BudgetEvent, Run, span_hex
 
 ActionName = Literal["alert", "pause", "scale_to_zero"]
 
@@ -46,8 +46,6 @@ class RunOut(Schema):
 
     @staticmethod
     def resolve_root_span_id(obj: Run) -> str | None:
-        from .models import span_hex
-
         return span_hex(obj.root_span_id)
 
     @staticmethod

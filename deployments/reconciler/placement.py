@@ -18,15 +18,7 @@ from .context import Pass
 
 
 def eligible_targets(deployment: Deployment) -> list[Target]:
-    targets = [deployment.target]
-    selector = deployment.placement or {}
-    if selector:
-        for target in Target.objects.filter(team_id=deployment.target.team_id,
-                                            kind=deployment.target.kind).order_by("name"):
-            if target.pk != deployment.target_id and all(
-                    target.labels.get(k) == v for k, v in selector.items()):
-                targets.append(target)
-    return targets
+    return deployment.eligible_targets()
 
 
 def create_rows(run: Pass, count: int, rows: list[Instance]) -> list[Instance]:

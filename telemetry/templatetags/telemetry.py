@@ -4,14 +4,14 @@ from decimal import Decimal
 
 from django import template
 
+from telemetry.views import deployment_costs as costs
+
 register = template.Library()
 
 
 @register.simple_tag
 def deployment_costs(deployment) -> dict:
     """Cost today / this month, a 14-day chart and recent runs of a deployment."""
-    from telemetry.views import deployment_costs as costs
-
     return costs(deployment)
 
 
