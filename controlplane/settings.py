@@ -278,6 +278,9 @@ HANGAR_COST_TICK_SECONDS = env_int("HANGAR_COST_TICK_SECONDS", 60, minimum=5)
 # Budget webhooks go to public addresses only, unless this allows loopback,
 # private and link-local ones (a team admin must not reach internal services).
 HANGAR_WEBHOOK_ALLOW_PRIVATE = env_bool("HANGAR_WEBHOOK_ALLOW_PRIVATE", False)
+# A notification still pending, retrying or sending after this long lost its
+# enqueue, retry or worker (Redis was down): beat enqueues it again.
+HANGAR_WEBHOOK_RESEND_AFTER_S = env_int("HANGAR_WEBHOOK_RESEND_AFTER_S", 300, minimum=10)
 
 CELERY_BEAT_SCHEDULE = {
     "sweep": {"task": "deployments.tasks.sweep", "schedule": float(HANGAR_SWEEP_SECONDS)},
@@ -287,6 +290,8 @@ CELERY_BEAT_SCHEDULE = {
                             "schedule": float(HANGAR_COST_TICK_SECONDS)},
     "evaluate-budgets": {"task": "telemetry.tasks.evaluate_budgets",
                          "schedule": float(HANGAR_COST_TICK_SECONDS)},
+    "resend-budget-webhooks": {"task": "telemetry.tasks.resend_budget_webhooks",
+                               "schedule": 60.0},
     "telemetry-retention": {"task": "telemetry.tasks.retention", "schedule": 3600.0},
     "prune-samples": {"task": "deployments.tasks.prune_samples", "schedule": 3600.0},
 }

@@ -230,6 +230,19 @@ class BudgetAction(models.TextChoices):
     SCALE_TO_ZERO = "scale_to_zero", "Scale deployments to zero"
 
 
+class WebhookState(models.TextChoices):
+    """Where a budget event's notification is; a worker claims it by moving it
+    to ``sending`` with a compare-and-set, so one send is in flight at a time."""
+
+    NONE = "", "No webhook"
+    PENDING = "pending", "Pending"
+    SENDING = "sending", "Sending"
+    RETRYING = "retrying", "Retrying"
+    SENT = "sent", "Sent"
+    FAILED = "failed", "Failed"
+    REFUSED = "refused", "Refused"
+
+
 def validate_thresholds(value) -> None:
     if not isinstance(value, list) or not 1 <= len(value) <= 10:
         raise ValidationError("Give between 1 and 10 thresholds.")
@@ -304,7 +317,13 @@ class BudgetEvent(models.Model):
     at = models.DateTimeField(default=timezone.now)
     affected = models.JSONField(default=list, blank=True,
                                 help_text="deployments changed, with their state before")
-    webhook_status = models.CharField(max_length=200, blank=True)
+    webhook_status = models.CharField(max_length=200, blank=True,
+                                      help_text="the notification's outcome, in words")
+    webhook_state = models.CharField(max_length=16, choices=WebhookState.choices, blank=True,
+                                     default=WebhookState.NONE)
+    webhook_attempts = models.PositiveSmallIntegerField(default=0)
+    webhook_attempt_at = models.DateTimeField(null=True, blank=True,
+                                              help_text="when the last attempt started")
     reverted_at = models.DateTimeField(null=True, blank=True)
     reverted_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True,
                                     on_delete=models.SET_NULL, related_name="+")

@@ -3,11 +3,12 @@ from __future__ import annotations
 
 from celery import shared_task
 
+from deployments import effects
 from deployments.events import publish
 
-from .budgets import WebhookError, WebhookRefused, evaluate, evaluate_all, post_webhook
+from .budgets import WebhookError, deliver_webhook, evaluate, evaluate_all, webhooks_to_resend
 from .cost import accrue_compute as accrue
-from .models import Budget, BudgetEvent
+from .models import Budget
 from .storage import retention as apply_retention
 
 
@@ -35,25 +36,22 @@ def evaluate_budget(budget_id: int) -> int:
     return len(evaluate(budget))
 
 
-@shared_task(bind=True, ignore_result=True, autoretry_for=(WebhookError,), max_retries=4,
+@shared_task(ignore_result=True, autoretry_for=(WebhookError,), max_retries=4,
              retry_backoff=5, retry_backoff_max=300, retry_jitter=True)
-def send_budget_webhook(self, event_id: int) -> None:
-    """Post a threshold's notification; a webhook that fails (not one refused)
-    is retried with exponential backoff and jitter, and its state recorded."""
-    event = BudgetEvent.objects.select_related("budget__team", "budget__agent").filter(
-        pk=event_id).first()
-    if event is None or not event.budget.webhook_url:
-        return
-    try:
-        post_webhook(event)
-    except WebhookRefused as exc:
-        BudgetEvent.objects.filter(pk=event_id).update(webhook_status=f"refused: {exc}"[:200])
-    except WebhookError as exc:
-        if self.request.retries >= self.max_retries:
-            BudgetEvent.objects.filter(pk=event_id).update(webhook_status=f"failed: {exc}")
-            return
-        BudgetEvent.objects.filter(pk=event_id).update(webhook_status=f"retrying: {exc}")
-        raise
+def send_budget_webhook(event_id: int) -> str | None:
+    """Post a threshold's notification, once: the attempt is claimed first, so
+    a duplicate (a resend, a redelivery) finds it in flight or done. One that
+    fails (not one refused) is retried with exponential backoff and jitter."""
+    return deliver_webhook(event_id)
+
+
+@shared_task(ignore_result=True)
+def resend_budget_webhooks() -> int:
+    """Beat: enqueue again the notifications whose enqueue, retry or worker was lost."""
+    ids = webhooks_to_resend()
+    for event_id in ids:
+        effects.enqueue(send_budget_webhook, event_id)
+    return len(ids)
 
 
 @shared_task(ignore_result=True)

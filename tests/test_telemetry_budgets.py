@@ -10,6 +10,7 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 from unittest import mock
 
 import pytest
+from django.conf import settings as django_settings
 from django.utils import timezone
 
 from deployments.audit import Actor
@@ -326,6 +327,105 @@ def test_a_failing_webhook_is_retried_then_recorded(world, hook):
             tasks.send_budget_webhook.run(event.pk)
     event.refresh_from_db()
     assert event.webhook_status == "retrying: HTTP 500"
+
+
+def stale(event, **fields) -> None:
+    """Make ``event`` look older than the resend delay (backdate its times)."""
+    long_ago = timezone.now() - timedelta(
+        seconds=django_settings.HANGAR_WEBHOOK_RESEND_AFTER_S + 60)
+    BudgetEvent.objects.filter(pk=event.pk).update(
+        at=long_ago, **{k: long_ago if v is None else v for k, v in fields.items()})
+
+
+def test_a_webhook_whose_enqueue_was_lost_is_resent_by_beat_once(
+        world, hook, django_capture_on_commit_callbacks):
+    """Redis was down when the threshold fired: the notification stays pending;
+    beat enqueues it again after a while, and however many copies are enqueued
+    (a late original, two beat rounds) the webhook receives it once."""
+    from kombu.exceptions import OperationalError as BrokerError
+
+    url = f"http://127.0.0.1:{hook.server_port}/hangar"
+    budget = make_budget(world, [{"percent": 50, "action": "alert"}], amount="2",
+                         webhook_url=url)
+    spend(world, "1.25")
+    with mock.patch.object(tasks.send_budget_webhook, "delay",
+                           side_effect=BrokerError("Error 111 connecting")), \
+            django_capture_on_commit_callbacks(execute=True):
+        (event,) = budgets.evaluate(budget)
+    event.refresh_from_db()
+    assert (event.webhook_state, event.webhook_status) == ("pending", "pending")
+    assert Hook.received == []
+
+    enqueued = []
+    with mock.patch.object(tasks.send_budget_webhook, "delay", side_effect=enqueued.append):
+        assert tasks.resend_budget_webhooks() == 0  # just fired: it may still be on its way
+        stale(event)
+        assert tasks.resend_budget_webhooks() == 1
+        assert tasks.resend_budget_webhooks() == 1  # not sent yet: enqueued again
+    assert enqueued == [event.pk, event.pk]
+    outcomes = [tasks.send_budget_webhook.apply(args=(pk,)).get() for pk in enqueued]
+    assert outcomes == ["sent", None]
+    assert len(Hook.received) == 1 and Hook.received[0]["percent"] == 50
+    event.refresh_from_db()
+    assert (event.webhook_state, event.webhook_status) == ("sent", "sent (HTTP 200)")
+    assert event.webhook_attempts == 1
+    stale(event)
+    assert budgets.webhooks_to_resend() == []  # done is done
+
+
+def test_a_send_in_flight_is_not_sent_twice_unless_its_worker_died(world, hook):
+    """A claimed attempt (another worker is posting) is neither resent by beat
+    nor sent by a duplicate task; a claim older than the resend delay belongs
+    to a worker that died, and is taken over; the dead worker's late outcome
+    does not overwrite the new one."""
+    url = f"http://127.0.0.1:{hook.server_port}/hangar"
+    budget = make_budget(world, [{"percent": 50, "action": "alert"}], amount="2",
+                         webhook_url=url)
+    spend(world, "1.5")
+    with mock.patch("telemetry.tasks.send_budget_webhook.delay"):
+        (event,) = budgets.evaluate(budget)
+    first = budgets.claim_webhook(event.pk)
+    assert first is not None and first.webhook_state == "sending"
+    assert budgets.claim_webhook(event.pk) is None
+    assert tasks.send_budget_webhook.apply(args=(event.pk,)).get() is None
+    stale(event, webhook_attempt_at=timezone.now())  # fired long ago, claimed just now
+    assert budgets.webhooks_to_resend() == []
+    assert Hook.received == []
+
+    stale(event, webhook_attempt_at=None)  # the claim is old too: its worker died
+    assert budgets.webhooks_to_resend() == [event.pk]
+    assert tasks.send_budget_webhook.apply(args=(event.pk,)).get() == "sent"
+    assert len(Hook.received) == 1
+    assert budgets.finish_webhook(first, "failed", "failed: worker died") is False
+    event.refresh_from_db()
+    assert (event.webhook_state, event.webhook_attempts) == ("sent", 2)
+
+
+def test_a_retry_that_was_lost_is_resent_and_attempts_are_bounded(world, hook):
+    """Celery could not schedule the retry (Redis down): beat resends it; a
+    webhook that keeps failing ends "failed" after WEBHOOK_MAX_ATTEMPTS."""
+    Hook.status = 500
+    url = f"http://127.0.0.1:{hook.server_port}/hangar"
+    budget = make_budget(world, [{"percent": 50, "action": "alert"}], amount="2",
+                         webhook_url=url)
+    spend(world, "1.5")
+    with mock.patch("telemetry.tasks.send_budget_webhook.delay"):
+        (event,) = budgets.evaluate(budget)
+    for attempt in range(1, budgets.WEBHOOK_MAX_ATTEMPTS):
+        with pytest.raises(budgets.WebhookError):
+            budgets.deliver_webhook(event.pk)
+        event.refresh_from_db()
+        assert (event.webhook_state, event.webhook_status) == ("retrying", "retrying: HTTP 500")
+        assert event.webhook_attempts == attempt
+        assert budgets.webhooks_to_resend() == []  # its retry may still come
+        stale(event, webhook_attempt_at=None)
+        assert budgets.webhooks_to_resend() == [event.pk]
+    assert budgets.deliver_webhook(event.pk) == "failed"
+    event.refresh_from_db()
+    assert (event.webhook_state, event.webhook_status) == ("failed", "failed: HTTP 500")
+    assert event.webhook_attempts == budgets.WEBHOOK_MAX_ATTEMPTS
+    assert len(Hook.received) == budgets.WEBHOOK_MAX_ATTEMPTS
+    assert budgets.webhooks_to_resend() == []
 
 
 # Retention ---------------------------------------------------------------------------------------
