@@ -16,12 +16,13 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
+from django.db.models import F, Q
 from django.utils import timezone
 
 from deployments import actions, audit, effects
@@ -31,7 +32,7 @@ from deployments.events import publish
 from deployments.models import Agent, Deployment, DeploymentState, Team
 
 from .cost import month_start, month_to_date
-from .models import Budget, BudgetAction, BudgetEvent
+from .models import Budget, BudgetAction, BudgetEvent, WebhookState
 
 log = logging.getLogger(__name__)
 
@@ -151,7 +152,9 @@ def _fire(budget: Budget, percent: int, action: str, spent: Decimal, month,
         with transaction.atomic():
             event = BudgetEvent.objects.create(
                 budget=budget, team_id=budget.team_id, month=month, percent=percent,
-                action=action, amount_usd=budget.amount_usd, spent_usd=spent, at=now)
+                action=action, amount_usd=budget.amount_usd, spent_usd=spent, at=now,
+                **({"webhook_state": WebhookState.PENDING, "webhook_status": "pending"}
+                   if budget.webhook_url else {}))
     except IntegrityError:
         return None  # another worker fired this threshold
     actor = budget_actor(budget)
@@ -290,5 +293,79 @@ def post_webhook(event: BudgetEvent, timeout: float = 5.0) -> int:
         raise WebhookError(f"HTTP {exc.code}") from None
     except (urllib.error.URLError, OSError) as exc:
         raise WebhookError(str(getattr(exc, "reason", exc))[:150]) from None
-    BudgetEvent.objects.filter(pk=event.pk).update(webhook_status=f"sent (HTTP {code})")
     return code
+
+
+# Delivery: at most one attempt in flight, claimed by compare-and-set. The
+# notification is enqueued after the threshold's commit; with the broker down
+# that enqueue is lost (deployments.effects), and so is a retry Celery could not
+# schedule, or the attempt of a worker that died mid-send. Beat re-enqueues
+# every notification left pending, retrying or sending for longer than
+# ``HANGAR_WEBHOOK_RESEND_AFTER_S``; a duplicate finds it claimed or done.
+
+WEBHOOK_MAX_ATTEMPTS = 5
+OPEN = (WebhookState.PENDING, WebhookState.RETRYING)
+
+
+def _stale() -> datetime:
+    return timezone.now() - timedelta(seconds=settings.HANGAR_WEBHOOK_RESEND_AFTER_S)
+
+
+def claim_webhook(event_id: int) -> BudgetEvent | None:
+    """Claim the next attempt at ``event_id``'s notification, or ``None`` when it
+    is done, has no webhook, or another attempt holds it (a claim older than
+    the resend delay is taken over: its worker died)."""
+    now = timezone.now()
+    claimable = Q(webhook_state__in=OPEN) | Q(webhook_state=WebhookState.SENDING,
+                                              webhook_attempt_at__lt=_stale())
+    claimed = BudgetEvent.objects.filter(claimable, pk=event_id).update(
+        webhook_state=WebhookState.SENDING, webhook_attempt_at=now,
+        webhook_attempts=F("webhook_attempts") + 1)
+    if not claimed:
+        return None
+    return BudgetEvent.objects.select_related("budget__team", "budget__agent").get(pk=event_id)
+
+
+def finish_webhook(event: BudgetEvent, state: str, status: str) -> bool:
+    """Record the outcome of the attempt ``event`` holds (``claim_webhook``);
+    nothing if its claim was taken over meanwhile."""
+    return BudgetEvent.objects.filter(
+        pk=event.pk, webhook_state=WebhookState.SENDING,
+        webhook_attempt_at=event.webhook_attempt_at).update(
+        webhook_state=state, webhook_status=status[:200]) == 1
+
+
+def deliver_webhook(event_id: int) -> str | None:
+    """One attempt at ``event_id``'s notification. Raises ``WebhookError`` when
+    it failed and may be retried; the state it ended in otherwise (``None``: not
+    attempted, done or in flight elsewhere)."""
+    event = claim_webhook(event_id)
+    if event is None:
+        return None
+    if not event.budget.webhook_url:
+        finish_webhook(event, WebhookState.NONE, "")
+        return WebhookState.NONE
+    try:
+        code = post_webhook(event)
+    except WebhookRefused as exc:
+        finish_webhook(event, WebhookState.REFUSED, f"refused: {exc}")
+        return WebhookState.REFUSED
+    except WebhookError as exc:
+        if event.webhook_attempts >= WEBHOOK_MAX_ATTEMPTS:
+            finish_webhook(event, WebhookState.FAILED, f"failed: {exc}")
+            return WebhookState.FAILED
+        finish_webhook(event, WebhookState.RETRYING, f"retrying: {exc}")
+        raise
+    finish_webhook(event, WebhookState.SENT, f"sent (HTTP {code})")
+    return WebhookState.SENT
+
+
+def webhooks_to_resend() -> list[int]:
+    """Notifications nobody is working on any more: pending (the enqueue was
+    lost) or retrying (the retry was lost) or sending (the worker died) for
+    longer than the resend delay."""
+    stale = _stale()
+    return list(BudgetEvent.objects.filter(
+        Q(webhook_state=WebhookState.PENDING, at__lt=stale)
+        | Q(webhook_state__in=(WebhookState.RETRYING, WebhookState.SENDING),
+            webhook_attempt_at__lt=stale)).order_by("pk").values_list("pk", flat=True))
