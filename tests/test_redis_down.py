@@ -92,7 +92,7 @@ def test_a_lost_enqueue_is_logged_and_counted_never_raised(world, caplog,
 
 def test_unexpected_api_errors_are_json_without_details(world):
     client = world.client("viewer")
-    with mock.patch("deployments.api.access.readable",
+    with mock.patch("deployments.access.readable",
                     side_effect=RuntimeError("password=hunter2 in a traceback")):
         response = client.get("/api/v1/agents")
     assert response.status_code == 500
@@ -103,7 +103,7 @@ def test_unexpected_api_errors_are_json_without_details(world):
 
 def test_no_pooled_connection_in_time_is_a_retryable_503(world):
     client = world.client("viewer")
-    with mock.patch("deployments.api.access.readable",
+    with mock.patch("deployments.access.readable",
                     side_effect=OperationalError("couldn't get a connection after 10.00 sec")):
         response = client.get("/api/v1/agents")
     assert response.status_code == 503 and response["Retry-After"] == "1"
