@@ -5,7 +5,7 @@ from django.conf import settings
 from django.core.checks import Error, Tags, Warning, register
 
 from .models import TargetKind
-from .runtimes.base import CONNECTION_SCHEMAS, DRIVERS
+from .runtimes import CONNECTION_SCHEMAS, DRIVERS
 
 
 @register(Tags.compatibility)

@@ -52,22 +52,7 @@ class RunFilter(Schema):
 def list_runs(request: HttpRequest, filters: Query[RunFilter]):
     """Runs, newest first. `min_cost`/`max_cost` compare the LLM cost in USD and
     leave out runs whose cost is unknown (ask for those with `cost_unknown=true`)."""
-    runs = registry_access.readable(actor_of(request), access.RUNS.all())
-    exact = {"team_id": filters.team, "agent_id": filters.agent,
-             "deployment_id": filters.deployment, "status": filters.status,
-             "started_at__gte": filters.since, "started_at__lt": filters.until,
-             "model": filters.model}
-    runs = runs.filter(**{k: v for k, v in exact.items() if v is not None})
-    if filters.min_cost is not None or filters.max_cost is not None:
-        runs = runs.filter(unpriced_spans=0)
-        if filters.min_cost is not None:
-            runs = runs.filter(cost_usd__gte=filters.min_cost)
-        if filters.max_cost is not None:
-            runs = runs.filter(cost_usd__lte=filters.max_cost)
-    if filters.cost_unknown is not None:
-        runs = runs.filter(unpriced_spans__gt=0) if filters.cost_unknown \
-            else runs.filter(unpriced_spans=0)
-    return runs.order_by("-started_at", "-id")
+    return access.runs_for(actor_of(request), **filters.model_dump())
 
 
 @router.get("/runs/{run_id}", response=RunOut, tags=["runs"])

@@ -223,24 +223,6 @@ def budget_event_revert(request: HttpRequest, event_id: int) -> HttpResponse:
     return redirect("telemetry:team-costs", team_id=event.team_id)
 
 
-def filter_runs(runs, *, team=None, agent=None, deployment=None, status=None, since=None,
-                until=None, min_cost=None, max_cost=None, cost_unknown=None, model=None):
-    """``runs`` narrowed as ``GET /api/v1/runs`` narrows them: cost bounds
-    leave out runs whose cost is unknown (ask for those with ``cost_unknown``)."""
-    exact = {"team_id": team, "agent_id": agent, "deployment_id": deployment, "status": status,
-             "started_at__gte": since, "started_at__lt": until, "model": model}
-    runs = runs.filter(**{k: v for k, v in exact.items() if v is not None})
-    if min_cost is not None or max_cost is not None:
-        runs = runs.filter(unpriced_spans=0)
-        if min_cost is not None:
-            runs = runs.filter(cost_usd__gte=min_cost)
-        if max_cost is not None:
-            runs = runs.filter(cost_usd__lte=max_cost)
-    if cost_unknown is not None:
-        runs = runs.filter(unpriced_spans__gt=0) if cost_unknown else runs.filter(unpriced_spans=0)
-    return runs
-
-
 @scoped_view
 @require_GET
 def runs_index(request: HttpRequest) -> HttpResponse:
@@ -257,8 +239,7 @@ def runs_index(request: HttpRequest) -> HttpResponse:
     if form.is_bound:
         form.is_valid()  # errors are shown next to their fields; the valid filters apply
         filters = form.filters()
-    runs = filter_runs(registry_access.readable(actor, access.RUNS.all()), **filters)
-    page = Paginator(runs.order_by("-started_at", "-id"), 50).get_page(request.GET.get("page"))
+    page = Paginator(access.runs_for(actor, **filters), 50).get_page(request.GET.get("page"))
     rows = list(page)
     names = {d.pk: d for d in Deployment.objects.select_related("agent").filter(
         pk__in={r.deployment_id for r in rows})}

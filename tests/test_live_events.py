@@ -186,7 +186,7 @@ def test_run_announcements_share_the_events_coalescer(monkeypatch):
         if deployment_id == 2:
             done.set()
 
-    monkeypatch.setattr(storage, "_announce", announce)
+    monkeypatch.setattr(storage.live, "_announce", announce)
     announcer = storage.RunAnnouncer(window=0.5)
     assert isinstance(announcer.coalescer, Coalescer) and not announcer.coalescer.inline
     for _ in range(50):

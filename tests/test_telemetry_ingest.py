@@ -48,7 +48,7 @@ class Recorder:
 def announcements(monkeypatch):
     """Record run.finished announcements instead of starting timer threads."""
     recorder = Recorder()
-    monkeypatch.setattr(storage, "ANNOUNCER", recorder)
+    monkeypatch.setattr(storage.live, "ANNOUNCER", recorder)
     return recorder
 
 
@@ -229,14 +229,14 @@ def test_concurrent_exports_with_a_token_not_cached_authenticate_once(monkeypatc
     deployment = DeploymentFactory()
     token = give_token(deployment)
     calls = []
-    original = ingest._authenticate_and_close
+    original = ingest.handler._authenticate_and_close
 
     def counting(authorization):
         calls.append(authorization)
         time.sleep(0.05)  # the lookup is still running when the others arrive
         return original(authorization)
 
-    monkeypatch.setattr(ingest, "_authenticate_and_close", counting)
+    monkeypatch.setattr(ingest.handler, "_authenticate_and_close", counting)
     app = OTLPReceiver(None)
 
     async def one(authorization: str) -> int:
@@ -657,7 +657,7 @@ def test_publish_latest_run_sends_a_typed_event(deployment, client,
     from unittest import mock
 
     assert post(client, deployment.token, export(agent_trace())).status_code == 200
-    with mock.patch("telemetry.storage.publish") as publish:
+    with mock.patch("telemetry.storage.live.publish") as publish:
         storage.publish_latest_run(deployment.agent.team_id, deployment.pk)
     run = Run.objects.get()
     publish.assert_called_once_with(deployment.agent.team_id, "run.finished",

@@ -1,4 +1,8 @@
-"""The runtime contract, typed per-kind connection settings, and the registry."""
+"""The runtime contract: the one error type, the plain data a driver takes and
+returns, the ``Runtime`` base class and its ``Features`` flags.
+
+Connection settings per kind are in ``connections``, the drivers by kind in
+``registry``."""
 from __future__ import annotations
 
 import secrets
@@ -6,13 +10,6 @@ import socket
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, ClassVar
-
-from django.utils.module_loading import import_string
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
-
-from ..errors import Invalid
-from . import kubeconfig
 
 
 class RuntimeFailure(Exception):
@@ -25,109 +22,6 @@ class RuntimeFailure(Exception):
     def __init__(self, message: str, *, permanent: bool = False):
         super().__init__(message)
         self.permanent = permanent
-
-
-# Typed connection settings per kind. Fields listed in ``sensitive`` are
-# write-only: encrypted at rest, never logged, rendered or returned.
-
-
-class ConnectionSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    sensitive: ClassVar[frozenset[str]] = frozenset()
-
-
-class DockerConnection(ConnectionSettings):
-    url: str = Field(
-        "unix:///var/run/docker.sock",
-        description="unix:///path, tcp://host:port (with TLS fields) or ssh://user@host",
-    )
-    tls_ca: str | None = None
-    tls_cert: str | None = None
-    tls_key: str | None = None
-    network: str = Field("host", description="'host' (loopback, port per replica) or a bridge")
-    bind_address: str = "127.0.0.1"
-
-    sensitive: ClassVar[frozenset[str]] = frozenset({"tls_key", "tls_cert", "tls_ca"})
-
-    @field_validator("url")
-    @classmethod
-    def _scheme(cls, value: str) -> str:
-        if not value.startswith(("unix://", "tcp://", "ssh://", "http://", "https://")):
-            raise ValueError("url must start with unix://, tcp://, ssh://, http:// or https://")
-        return value
-
-
-class KubernetesConnection(ConnectionSettings):
-    kubeconfig: str | None = Field(None, description="kubeconfig YAML")
-    context: str | None = None
-    namespace: str = "default"
-    host: str | None = Field(None, description="API server URL when no kubeconfig is given")
-    token: str | None = None
-    verify_ssl: bool = True
-
-    sensitive: ClassVar[frozenset[str]] = frozenset({"kubeconfig", "token"})
-
-    @field_validator("kubeconfig")
-    @classmethod
-    def _self_contained(cls, value: str | None) -> str | None:
-        if value:
-            kubeconfig.parse(value)  # ValueError says why, never quoting the document
-        return value
-
-
-class LocalConnection(ConnectionSettings):
-    workdir: str | None = Field(None, description="where process logs and state live")
-
-
-class EdgeConnection(ConnectionSettings):
-    fleet: str = ""
-
-
-CONNECTION_SCHEMAS: dict[str, type[ConnectionSettings]] = {
-    "docker": DockerConnection,
-    "kubernetes": KubernetesConnection,
-    "local": LocalConnection,
-    "edge": EdgeConnection,
-}
-
-# Drivers by kind, as dotted paths loaded on first use.
-DRIVERS: dict[str, str] = {
-    "docker": "deployments.runtimes.docker.DockerRuntime",
-    "kubernetes": "deployments.runtimes.kubernetes.KubernetesRuntime",
-    "local": "deployments.runtimes.local.LocalRuntime",
-    "edge": "deployments.runtimes.edge.EdgeRuntime",
-}
-
-
-def validate_connection(kind: str, data: dict[str, Any] | None) -> dict[str, Any]:
-    schema = CONNECTION_SCHEMAS.get(kind)
-    if schema is None:
-        raise Invalid({"kind": [f"Unknown target kind {kind!r}."]})
-    try:
-        parsed = schema.model_validate(data or {})
-    except ValidationError as exc:
-        raise Invalid({"connection": [
-            f"{'.'.join(str(p) for p in err['loc']) or 'connection'}: {error_text(err)}"
-            for err in exc.errors()
-        ]}) from None
-    return parsed.model_dump(exclude_none=True)
-
-
-def error_text(err) -> str:
-    """A pydantic error's message without its "Value error, " prefix."""
-    return str(err["msg"]).removeprefix("Value error, ")
-
-
-def connection_public_view(kind: str, data: dict[str, Any]) -> dict[str, Any]:
-    """Connection settings safe to show: sensitive values become a 'set' flag."""
-    schema = CONNECTION_SCHEMAS.get(kind, ConnectionSettings)
-    view: dict[str, Any] = {}
-    for key, value in (data or {}).items():
-        if key in schema.sensitive:
-            view[key] = "set" if value else None
-        else:
-            view[key] = value
-    return view
 
 
 LABEL_DEPLOYMENT = "hangar.deployment"
@@ -430,11 +324,3 @@ class Features:
     pushes_instances = True  # False for edge: devices pull desired state
     manages_replicas = False  # True: apply_deployment() instead of per-instance ensure
     lists_orphans = False  # managed_deployment_ids() finds objects of deleted deployments
-
-
-def get_driver(target):
-    """The driver instance for a Target row."""
-    path = DRIVERS.get(target.kind)
-    if path is None:
-        raise RuntimeFailure(f"unknown runtime kind {target.kind!r}", permanent=True)
-    return import_string(path)(target)

@@ -12,27 +12,22 @@ the pod's Ready condition, so :meth:`~KubernetesRuntime.probe` needs no
 network path from the control plane to pod IPs.
 
 Only :class:`RuntimeFailure` leaves this module; responses are read as plain
-JSON (``_preload_content=False``), never as SDK model objects.
+JSON (``_preload_content=False``), never as SDK model objects; the client
+plumbing is :mod:`.k8s_api`.
 """
 from __future__ import annotations
 
-import json
 import logging
 import secrets
 import threading
 import time
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime
-from typing import Any
 
 import pydantic
-import urllib3
-from kubernetes import client, config
-from kubernetes.client.exceptions import ApiException, OpenApiException
-from kubernetes.config.config_exception import ConfigException
+from kubernetes import client
 
-from . import k8s_manifests, kubeconfig
+from . import k8s_manifests, k8s_names
 from .base import (
     LABEL_DEPLOYMENT,
     DeploymentSpec,
@@ -41,42 +36,27 @@ from .base import (
     InstanceSpec,
     JobResult,
     Judgement,
-    KubernetesConnection,
     ManagedNames,
     ObservedInstance,
     Probe,
     Runtime,
     RuntimeFailure,
-    error_text,
 )
+from .connections import KubernetesConnection, error_text
+from .k8s_api import NamespacedApi, translated
 from .k8s_manifests import CONTAINER_NAME, Manifest
 from .k8s_pods import _job_outcome, _time, observe_pod
 
 logger = logging.getLogger(__name__)
 
-FIELD_MANAGER = "hangar"
-APPLY_PATCH = "application/apply-patch+yaml"
-MESSAGE_MAX = 500
 # Exit code reported for a job stopped at its deadline (as timeout(1) does).
 TIMEOUT_EXIT_CODE = 124
 
-# kind -> (API class in kubernetes.client, method suffix after patch_/list_/delete_…)
-KINDS: dict[str, tuple[str, str]] = {
-    "Secret": ("CoreV1Api", "namespaced_secret"),
-    "ConfigMap": ("CoreV1Api", "namespaced_config_map"),
-    "Service": ("CoreV1Api", "namespaced_service"),
-    "Pod": ("CoreV1Api", "namespaced_pod"),
-    "Deployment": ("AppsV1Api", "namespaced_deployment"),
-    "HorizontalPodAutoscaler": ("AutoscalingV2Api", "namespaced_horizontal_pod_autoscaler"),
-    "CronJob": ("BatchV1Api", "namespaced_cron_job"),
-    "Job": ("BatchV1Api", "namespaced_job"),
-}
 # What delete_deployment removes, controllers first; pods go with their owners.
 DELETE_ORDER = (
     "CronJob", "HorizontalPodAutoscaler", "Service", "Deployment", "Job", "ConfigMap", "Secret",
 )
-# 4xx answers that are worth retrying: timeouts, conflicts, rate limits.
-TRANSIENT_CLIENT_ERRORS = frozenset({408, 409, 425, 429})
+
 
 class KubernetesFeatures(Features):
     manages_replicas = True
@@ -86,56 +66,12 @@ class KubernetesFeatures(Features):
     supports_resource_usage = False  # metrics.k8s.io is not read (yet)
 
 
-def _truncate(message: str, limit: int = MESSAGE_MAX) -> str:
-    return message if len(message) <= limit else message[: limit - 1] + "…"
-
-
-def _api_failure(exc: ApiException, action: str) -> RuntimeFailure:
-    status = int(exc.status or 0)
-    detail = str(exc.reason or "")
-    try:
-        detail = json.loads(exc.body or "").get("message") or detail
-    except (ValueError, TypeError, AttributeError):
-        pass
-    permanent = 400 <= status < 500 and status not in TRANSIENT_CLIENT_ERRORS
-    return RuntimeFailure(
-        _truncate(f"{action}: Kubernetes API answered {status}: {detail}"), permanent=permanent
-    )
-
-
-@contextmanager
-def _translated(action: str) -> Iterator[None]:
-    """Turn whatever the client raises into a RuntimeFailure."""
-    try:
-        yield
-    except ApiException as exc:
-        raise _api_failure(exc, action) from None
-    except (urllib3.exceptions.HTTPError, OSError) as exc:
-        raise RuntimeFailure(
-            _truncate(f"{action}: cannot reach the Kubernetes API: {exc}"), permanent=False
-        ) from None
-    except (OpenApiException, pydantic.ValidationError) as exc:
-        raise RuntimeFailure(
-            _truncate(f"{action}: invalid request: {exc}"), permanent=True
-        ) from None
-
-
-def check_kubeconfig(document: Manifest) -> None:
-    """Refuse kubeconfigs that are not self-contained (see ``kubeconfig.check``)."""
-    try:
-        kubeconfig.check(document)
-    except ValueError as exc:
-        raise RuntimeFailure(str(exc), permanent=True) from None
-
-
-class KubernetesRuntime(Runtime):
+class KubernetesRuntime(NamespacedApi, Runtime):
     """One Kubernetes namespace (the Target's), reached with a kubeconfig or a
     host and bearer token."""
 
     features = KubernetesFeatures()
 
-    # (connect, read) seconds for every call but a followed log stream.
-    request_timeout: tuple[float, float] = (5.0, 30.0)
     # run_job: seconds between reads of the Job, extra wait beyond timeout_s
     # for scheduling and image pulls, and how much of the log to keep.
     poll_interval: float = 1.0
@@ -157,112 +93,10 @@ class KubernetesRuntime(Runtime):
         self._client: client.ApiClient | None = None
         self._client_lock = threading.Lock()
 
-    # Connection -------------------------------------------------------------
-    def _api_client(self) -> client.ApiClient:
-        with self._client_lock:
-            if self._client is None:
-                self._client = self._connect()
-            return self._client
-
-    def _connect(self) -> client.ApiClient:
-        settings = self.settings
-        if settings.kubeconfig:
-            try:
-                document = kubeconfig.parse(settings.kubeconfig)
-            except ValueError as exc:
-                raise RuntimeFailure(str(exc), permanent=True) from None
-            try:
-                return config.new_client_from_config_dict(
-                    document, context=settings.context or None, persist_config=False
-                )
-            except (ConfigException, ValueError, KeyError, TypeError, OSError) as exc:
-                raise RuntimeFailure(
-                    _truncate(f"cannot use the kubeconfig: {type(exc).__name__}: {exc}"),
-                    permanent=True,
-                ) from None
-        if settings.host:
-            configuration = client.Configuration(host=settings.host.rstrip("/"))
-            configuration.verify_ssl = settings.verify_ssl
-            if settings.token:
-                configuration.api_key = {"authorization": settings.token}
-                configuration.api_key_prefix = {"authorization": "Bearer"}
-            return client.ApiClient(configuration)
-        raise RuntimeFailure("the connection needs a kubeconfig or a host", permanent=True)
-
-    def _call(
-        self, api: str, method: str, *args: Any, action: str, missing_ok: bool = False,
-        **kwargs: Any,
-    ) -> bytes | None:
-        """Call one client method and return the raw body, or None for a 404
-        when ``missing_ok``."""
-        function = getattr(getattr(client, api)(self._api_client()), method)
-        kwargs.setdefault("_request_timeout", self.request_timeout)
-        with _translated(action):
-            try:
-                response = function(*args, _preload_content=False, **kwargs)
-            except ApiException as exc:
-                if missing_ok and exc.status == 404:
-                    return None
-                raise
-            try:
-                return response.data
-            finally:
-                response.release_conn()
-
-    def _json(self, api: str, method: str, *args: Any, action: str, missing_ok: bool = False,
-              **kwargs: Any) -> Manifest | None:
-        raw = self._call(api, method, *args, action=action, missing_ok=missing_ok, **kwargs)
-        if raw is None:
-            return None
-        try:
-            return json.loads(raw) if raw else {}
-        except ValueError:
-            raise RuntimeFailure(f"{action}: the answer is not JSON", permanent=False) from None
-
-    # Generic object verbs ---------------------------------------------------
-    def _apply(self, manifest: Manifest) -> None:
-        kind, name = manifest["kind"], manifest["metadata"]["name"]
-        api, suffix = KINDS[kind]
-        body = {**manifest, "metadata": {**manifest["metadata"], "namespace": self.namespace}}
-        self._call(
-            api, f"patch_{suffix}", name, self.namespace, body,
-            field_manager=FIELD_MANAGER, force=True, _content_type=APPLY_PATCH,
-            action=f"apply {kind} {name}",
-        )
-
-    def _create(self, manifest: Manifest) -> None:
-        kind, name = manifest["kind"], manifest["metadata"]["name"]
-        api, suffix = KINDS[kind]
-        body = {**manifest, "metadata": {**manifest["metadata"], "namespace": self.namespace}}
-        self._call(api, f"create_{suffix}", self.namespace, body, action=f"create {kind} {name}")
-
-    def _delete(self, kind: str, name: str) -> bool:
-        """Delete one object with its dependents; False if it was not there."""
-        api, suffix = KINDS[kind]
-        found = self._json(
-            api, f"delete_{suffix}", name, self.namespace, propagation_policy="Background",
-            action=f"delete {kind} {name}", missing_ok=True,
-        )
-        return found is not None
-
-    def _list(self, kind: str, label_selector: str) -> list[Manifest]:
-        api, suffix = KINDS[kind]
-        found = self._json(
-            api, f"list_{suffix}", self.namespace, label_selector=label_selector,
-            action=f"list {kind} objects",
-        )
-        return list((found or {}).get("items") or [])
-
-    def _read_pod(self, name: str) -> Manifest | None:
-        return self._json(
-            "CoreV1Api", "read_namespaced_pod", name, self.namespace,
-            action=f"read Pod {name}", missing_ok=True,
-        )
-
     @staticmethod
     def _belongs(pod: Manifest, deployment_id: int) -> bool:
         labels = (pod.get("metadata") or {}).get("labels") or {}
-        return labels.get(LABEL_DEPLOYMENT) == k8s_manifests.label_value(str(deployment_id))
+        return labels.get(LABEL_DEPLOYMENT) == k8s_names.label_value(str(deployment_id))
 
     # Lifecycle --------------------------------------------------------------
     def ping(self) -> None:
@@ -309,7 +143,7 @@ class KubernetesRuntime(Runtime):
         self._delete("Pod", name)
 
     def list_instances(self, deployment_id: int) -> list[ObservedInstance]:
-        pods = self._list("Pod", k8s_manifests.deployment_selector(deployment_id))
+        pods = self._list("Pod", k8s_names.deployment_selector(deployment_id))
         return sorted((observe_pod(pod) for pod in pods), key=lambda o: o.name)
 
     def apply_deployment(self, spec: DeploymentSpec) -> None:
@@ -323,13 +157,13 @@ class KubernetesRuntime(Runtime):
         for manifest in manifests:
             self._apply(manifest)
         wanted = {manifest["kind"] for manifest in manifests}
-        names = k8s_manifests.object_names(spec)
+        names = k8s_names.object_names(spec)
         for kind in k8s_manifests.DEPLOYMENT_KINDS:
             if kind not in wanted:
                 self._delete(kind, names[kind])
 
     def delete_deployment(self, deployment_id: int) -> None:
-        selector = k8s_manifests.deployment_selector(deployment_id)
+        selector = k8s_names.deployment_selector(deployment_id)
         for kind in DELETE_ORDER:
             for item in self._list(kind, selector):
                 self._delete(kind, item["metadata"]["name"])
@@ -338,7 +172,7 @@ class KubernetesRuntime(Runtime):
     def run_job(self, spec: InstanceSpec, *, timeout_s: float) -> JobResult:
         """Run ``spec`` once as a Job and wait for it. The environment goes in
         a Secret of its own, not in the Job's spec; both are deleted after."""
-        base = k8s_manifests.object_name(spec.name, limit=56)
+        base = k8s_names.object_name(spec.name, limit=56)
         name = f"{base}-{secrets.token_hex(3)}"
         secret_name = f"{name}-env" if spec.env else None
         try:
@@ -430,7 +264,7 @@ class KubernetesRuntime(Runtime):
     def _log_lines(self, name: str, *, tail: int, follow: bool) -> Iterator[str]:
         action = f"read the log of Pod {name}"
         api = client.CoreV1Api(self._api_client())
-        with _translated(action):
+        with translated(action):
             response = api.read_namespaced_pod_log(
                 name, self.namespace, container=CONTAINER_NAME, follow=follow,
                 tail_lines=max(0, tail), _preload_content=False,
@@ -438,7 +272,7 @@ class KubernetesRuntime(Runtime):
             )
         try:
             pending = b""
-            with _translated(action):
+            with translated(action):
                 for chunk in response.stream(8192, decode_content=True):
                     pending += chunk
                     *lines, pending = pending.split(b"\n")
