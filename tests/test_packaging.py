@@ -66,7 +66,9 @@ def test_dockerfile_matches_the_tree():
     # The build stage installs every package pyproject.toml declares.
     build = text[:text.index("\nFROM ", text.index("AS build"))]
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    for package in project["tool"]["setuptools"]["packages"]:
+    packages = [p.rstrip("*") for p in project["tool"]["setuptools"]["packages"]["find"]["include"]]
+    assert sorted(packages) == ["controlplane", "deployments", "telemetry"]
+    for package in packages:
         assert re.search(rf"^COPY {package} {package}$", build, re.M), \
             f"build stage lacks {package}"
     assert re.search(r"^ARG BASE=python:3\.11-slim$", text, re.M), "base image as a build ARG"
