@@ -7,7 +7,8 @@ import pytest
 from django.db import connection
 
 from deployments.autoscaling import SIGNALS, get_signal
-from deployments.models import AuditEvent, Deployment, DeploymentEvent, Instance
+from deployments.autoscaling.scaler import autoscale
+from deployments.models import AuditEvent, Deployment, DeploymentEvent, Instance, Policy
 from deployments.reconciler import LOCK_CLASS, reconcile_deployment
 
 from .factories import AgentFactory, TargetFactory, VersionFactory
@@ -66,3 +67,16 @@ def test_signals_are_registered_by_name():
     assert set(SIGNALS) == {"cpu", "inflight"}
     assert get_signal("cpu").needs_usage and not get_signal("inflight").needs_usage
     assert get_signal("lag") is None and get_signal("") is None
+
+
+def test_a_tightened_policy_refuses_the_way_up_and_the_timeline_says_so(busy_deployment):
+    d = busy_deployment
+    Policy.objects.update_or_create(team=d.agent.team, defaults={"max_replicas": 1})
+    for _ in range(2):  # a second decision neither raises nor repeats the warning
+        assert autoscale(d.pk).desired == 3
+    d.refresh_from_db()
+    assert d.replicas == 1
+    refused = DeploymentEvent.objects.filter(deployment=d, reason="AutoscaleRefused")
+    assert refused.count() == 1
+    assert "1→3" in refused.get().message and "refused" in refused.get().message
+    assert not AuditEvent.objects.filter(action="deployment.scale", object_id=str(d.pk)).exists()

@@ -9,6 +9,7 @@ from django.utils import timezone
 
 from .. import actions, events
 from ..audit import Actor
+from ..errors import DomainError
 from ..models import Deployment, DeploymentEvent, DeploymentState, Health, Instance
 from ..patterns import get_pattern
 from ..runtimes import RuntimeFailure, get_driver
@@ -45,9 +46,22 @@ def autoscale(deployment_id: int) -> Decision | None:
         if decision.desired != d.replicas:
             message = (f"{d.replicas}→{decision.desired}: {d.get_autoscale_signal_display()} "
                        f"{decision.metric:.1f} per replica, target {d.autoscale_target:g}")
-            actions.update_deployment(d, replicas=decision.desired, actor=AUTOSCALER)
-            event = DeploymentEvent.objects.create(deployment=d, reason="Autoscaled",
-                                                   message=message)
+            try:
+                with transaction.atomic():
+                    actions.update_deployment(d, replicas=decision.desired, actor=AUTOSCALER)
+            except DomainError as exc:
+                # A tightened policy stops the way up; the deployment keeps its
+                # replicas and the timeline says why, once per distinct refusal.
+                message = f"{message} refused: {exc}"
+                last = d.events.order_by("-id").values_list("reason", "message").first()
+                if last == ("AutoscaleRefused", message):
+                    return decision
+                event = DeploymentEvent.objects.create(
+                    deployment=d, reason="AutoscaleRefused", message=message,
+                    type=DeploymentEvent.Type.WARNING)
+            else:
+                event = DeploymentEvent.objects.create(deployment=d, reason="Autoscaled",
+                                                       message=message)
             team_id = d.agent.team_id
             transaction.on_commit(lambda: events.publish(team_id, "timeline", {
                 "reason": event.reason, "message": event.message, "type": event.type,
