@@ -63,9 +63,8 @@ DUPLICATE = "The team already has a budget with this name."
 
 
 def _evaluate_after_commit(budget_id: int) -> None:
-    from .tasks import evaluate_budget
-
-    effects.enqueue_on_commit(evaluate_budget, budget_id)  # else beat evaluates it
+    # With the broker down, beat evaluates it on its next round.
+    effects.enqueue_on_commit("telemetry.tasks.evaluate_budget", budget_id)
 
 
 @transaction.atomic
@@ -188,9 +187,7 @@ def _fire(budget: Budget, percent: int, action: str, spent: Decimal, month,
             {"budget_id": budget.pk, "budget_event_id": event.pk, "percent": percent,
              "action": action})
     if budget.webhook_url:
-        from .tasks import send_budget_webhook
-
-        effects.enqueue_on_commit(send_budget_webhook, event.pk)
+        effects.enqueue_on_commit("telemetry.tasks.send_budget_webhook", event.pk)
     log.info("budget %s reached %s%% ($%s): %s", budget.pk, percent, spent, action)
     return event
 
