@@ -17,15 +17,12 @@ from django.db import connection
 
 from deployments.models import Deployment, Membership
 
+from .browser_support import ARTIFACTS, new_page
 from .docker_support import IMAGE, ROOT, start_hosts
 from .factories import AgentFactory, TargetFactory, TeamFactory, UserFactory, VersionFactory
 from .processes import free_port, start_web, stop, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
-ARTIFACTS = ROOT / "test-artifacts"
-CHROMIUM = "/usr/bin/chromium"
-FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync", "--no-first-run"]
 
 
 def service_env() -> dict:
@@ -105,21 +102,9 @@ def setup(services):
 
 
 @pytest.fixture
-def page(services, monkeypatch):
-    from playwright.sync_api import sync_playwright
-
-    # Playwright's sync API keeps an event loop in this thread; the ORM calls
-    # in the test body are still plain synchronous code.
-    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
-
-    if not Path(CHROMIUM).exists():
-        pytest.fail("Debian's chromium is not installed (scripts/test installs it)")
-    ARTIFACTS.mkdir(exist_ok=True)
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=FLAGS)
-        context = browser.new_context(viewport={"width": 1280, "height": 900})
-        yield context.new_page()
-        browser.close()
+def page(services):
+    with new_page() as found:
+        yield found
 
 
 def shot(page, name: str) -> None:

@@ -4,8 +4,6 @@ updates are interrupted ("Reconnecting…"), and once Redis is back they re-sync
 and show what changed meanwhile, without a reload."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import requests
 from asgiref.sync import sync_to_async
@@ -14,8 +12,8 @@ from channels.layers import channel_layers, get_channel_layer
 from deployments.events import team_group
 from deployments.models import Deployment
 
+from .browser_support import ARTIFACTS, new_page
 from .processes import database_env, free_port, start_web, stop, wait_for
-from .test_browser import ARTIFACTS, CHROMIUM, FLAGS
 from .test_consumers import connect, event, world_async  # noqa: F401 - a fixture
 from .test_redis_down import PASSWORD, local_world, own_redis  # noqa: F401 - fixtures
 
@@ -62,18 +60,9 @@ async def test_the_hub_on_a_real_redis_that_stops_and_starts(redis_layer, world_
 
 
 @pytest.fixture
-def page(monkeypatch):
-    from playwright.sync_api import sync_playwright
-
-    if not Path(CHROMIUM).exists():
-        pytest.fail("Debian's chromium is not installed (scripts/test installs it)")
-    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=FLAGS)
-        page = browser.new_context(viewport={"width": 1280, "height": 900}).new_page()
-        page.set_default_timeout(15_000)
-        yield page
-        browser.close()
+def page():
+    with new_page(height=900, timeout_ms=15_000) as found:
+        yield found
 
 
 def test_the_deployment_page_says_reconnecting_and_shows_a_change_made_meanwhile(

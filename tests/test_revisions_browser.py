@@ -4,7 +4,6 @@ new revision. No worker runs: the rollback is recorded by the request itself."""
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import pytest
 
@@ -12,9 +11,10 @@ from deployments import actions
 from deployments.audit import SYSTEM
 from deployments.models import Membership
 
+from .browser_support import ARTIFACTS, new_page
 from .factories import AgentFactory, TargetFactory, TeamFactory, UserFactory, VersionFactory
 from .processes import free_port, start_web, stop, wait_for
-from .test_browser import ARTIFACTS, CHROMIUM, FLAGS, service_env
+from .test_browser import service_env
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
@@ -33,18 +33,9 @@ def server(tmp_path):
 
 
 @pytest.fixture
-def page(monkeypatch):
-    from playwright.sync_api import sync_playwright
-
-    if not Path(CHROMIUM).exists():
-        pytest.fail("Debian's chromium is not installed (scripts/test installs it)")
-    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=FLAGS)
-        page = browser.new_context(viewport={"width": 1280, "height": 1000}).new_page()
-        page.set_default_timeout(15_000)
-        yield page
-        browser.close()
+def page():
+    with new_page(height=1000, timeout_ms=15_000) as found:
+        yield found
 
 
 def test_operator_sees_what_changed_and_rolls_back(server, page):

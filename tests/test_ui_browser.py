@@ -11,7 +11,6 @@ import os
 import re
 from datetime import timedelta
 from decimal import Decimal
-from pathlib import Path
 
 import pytest
 from django.utils import timezone
@@ -19,6 +18,7 @@ from django.utils import timezone
 from deployments.models import Deployment, DeploymentSample, Membership
 from telemetry.models import Budget, BudgetEvent
 
+from .browser_support import chromium
 from .factories import (
     AgentFactory,
     DeploymentFactory,
@@ -28,7 +28,7 @@ from .factories import (
     VersionFactory,
 )
 from .processes import free_port, start_web, stop, wait_for
-from .test_browser import CHROMIUM, FLAGS, service_env
+from .test_browser import service_env
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 PASSWORD = "pw-for-tests"
@@ -52,20 +52,8 @@ def server(django_db_setup, django_db_blocker, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def browser():
-    from playwright.sync_api import sync_playwright
-
-    if not Path(CHROMIUM).exists():
-        pytest.fail("Debian's chromium is not installed (scripts/test installs it)")
-    previous = os.environ.get("DJANGO_ALLOW_ASYNC_UNSAFE")
-    # Playwright's sync API keeps an event loop in this thread; the ORM calls
-    # in the test bodies are still plain synchronous code.
-    os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
-    with sync_playwright() as p:
-        found = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=FLAGS)
+    with chromium() as found:
         yield found
-        found.close()
-    if previous is None:
-        os.environ.pop("DJANGO_ALLOW_ASYNC_UNSAFE", None)
 
 
 @pytest.fixture
