@@ -367,3 +367,15 @@ def test_rollback_and_restart_replace_real_processes(world, tmp_path, settings):
         driver = get_driver(target)
         for item in driver.list_instances(d.pk):
             driver.remove_instance(d.pk, item.name)
+
+
+def test_rollback_button_route_checks_the_role(world):
+    d = world.deployment
+    before = AuditEvent.objects.count()
+    for who, status in (("viewer", 403), ("outsider", 404)):
+        client = Client()
+        client.force_login(world.users[who])
+        assert client.post(f"/deployments/{d.pk}/rollback/", {"revision": "1"}).status_code \
+            == status
+    assert Client().post(f"/deployments/{d.pk}/rollback/", {"revision": "1"}).status_code == 302
+    assert AuditEvent.objects.count() == before
