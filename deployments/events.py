@@ -130,6 +130,12 @@ class Timeline(LiveEvent):
     type: str = "Normal"
     instance: str = ""
 
+    @classmethod
+    def of(cls, entry) -> Timeline:
+        """The event for a ``DeploymentEvent`` row."""
+        return cls(reason=entry.reason, message=entry.message, type=entry.type,
+                   instance=entry.instance)
+
 
 @dataclass(frozen=True)
 class RunFinished(LiveEvent):

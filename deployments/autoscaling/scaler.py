@@ -62,10 +62,8 @@ def autoscale(deployment_id: int) -> Decision | None:
             else:
                 event = DeploymentEvent.objects.create(deployment=d, reason="Autoscaled",
                                                        message=message)
-            team_id = d.agent.team_id
-            transaction.on_commit(lambda: events.publish(team_id, "timeline", {
-                "reason": event.reason, "message": event.message, "type": event.type,
-                "instance": ""}, deployment_id=d.pk))
+            # publish() waits for the commit itself.
+            events.publish(d.agent.team_id, events.Timeline.of(event), deployment_id=d.pk)
         return decision
 
 

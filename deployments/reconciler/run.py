@@ -85,6 +85,4 @@ def _flush(run: Pass, before: list) -> None:
     with transaction.atomic():
         DeploymentEvent.objects.bulk_create(run.events)
         for event in run.events[-20:]:
-            events.publish(d.agent.team_id, "timeline", {
-                "reason": event.reason, "message": event.message, "type": event.type,
-                "instance": event.instance}, deployment_id=d.pk)
+            events.publish(d.agent.team_id, events.Timeline.of(event), deployment_id=d.pk)
