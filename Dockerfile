@@ -14,6 +14,11 @@ COPY pyproject.toml ./
 COPY controlplane controlplane
 COPY deployments deployments
 COPY telemetry telemetry
+COPY gateway gateway
+COPY rollouts rollouts
+COPY threads threads
+COPY edge edge
+COPY edge_agent edge_agent
 RUN python3 -m venv /opt/venv \
  && /opt/venv/bin/pip install --disable-pip-version-check --no-cache-dir \
       ${PIP_INDEX_OPTIONS} --find-links /wheels . \
@@ -30,6 +35,10 @@ COPY manage.py ./
 COPY controlplane controlplane
 COPY deployments deployments
 COPY telemetry telemetry
+COPY gateway gateway
+COPY rollouts rollouts
+COPY threads threads
+COPY edge edge
 COPY templates templates
 COPY static static
 RUN HANGAR_DATA_DIR=/tmp/build python manage.py collectstatic --noinput -v0 && rm -rf /tmp/build

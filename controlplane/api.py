@@ -14,6 +14,7 @@ import logging
 from django.core.exceptions import PermissionDenied
 from django.db import DataError, OperationalError
 from django.http import Http404
+from django.http.multipartparser import MultiPartParserError
 from ninja import NinjaAPI, Router
 from ninja.errors import AuthenticationError, ValidationError
 from ninja.operation import Operation
@@ -21,6 +22,9 @@ from ninja.operation import Operation
 from deployments.api import router as deployments_router
 from deployments.errors import DomainError
 from deployments.schemas import Detail
+from edge.api import router as edge_router
+from gateway.api import router as gateway_router
+from rollouts.api import router as rollouts_router
 from telemetry.api import router as telemetry_router
 
 from .auth import API_AUTH
@@ -28,12 +32,14 @@ from .auth import API_AUTH
 log = logging.getLogger("controlplane.api")
 
 ERROR_DESCRIPTIONS = {
-    400: "The request body is not JSON.",
+    400: "The request body cannot be parsed (not JSON, or a malformed form upload).",
     401: "No valid credentials: send a bearer token or log in.",
     403: "Your role, the token's scope or a missing CSRF token does not allow this.",
     404: "Not found, or not yours (also for an id given in the body).",
     409: "Conflicts with the current state: a duplicate, or something still in use.",
+    413: "The upload is larger than the limit.",
     422: "A value is not accepted; the detail names the field.",
+    503: "A broker the operation needs (e.g. a stream's Redis) is unavailable; retry later.",
 }
 SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
 
@@ -49,11 +55,11 @@ def error_statuses(operation: Operation) -> set[int]:
     if "{" in operation.path:
         statuses.add(404)
     for model in operation.models:
-        if model.__ninja_param_source__ == "body":
+        if model.__ninja_param_source__ in ("body", "form", "file"):
             statuses.add(400)
-            for payload in model.model_fields.values():
-                fields = getattr(payload.annotation, "model_fields", {})
-                if any(name.endswith("_id") for name in fields):
+            for name, payload in model.model_fields.items():
+                fields = getattr(payload.annotation, "model_fields", {}) or {name: payload}
+                if any(field.endswith("_id") for field in fields):
                     statuses.add(404)
     statuses |= {error.status for error in getattr(operation.view_func, "may_raise", ())}
     return statuses
@@ -80,7 +86,8 @@ api = NinjaAPI(
     docs_url="/docs",
     auth=API_AUTH,
 )
-for router in (deployments_router, telemetry_router):
+for router in (deployments_router, telemetry_router, edge_router, rollouts_router,
+               gateway_router):
     document_errors(router)
     api.add_router("/", router)
 
@@ -107,6 +114,12 @@ def unauthenticated(request, exc):
 @api.exception_handler(ValidationError)
 def invalid(request, exc: ValidationError):
     return api.create_response(request, {"detail": exc.errors}, status=422)
+
+
+@api.exception_handler(MultiPartParserError)
+def unparseable_upload(request, exc):
+    return api.create_response(
+        request, {"detail": f"The form upload cannot be parsed: {exc}"}, status=400)
 
 
 @api.exception_handler(DataError)

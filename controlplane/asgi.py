@@ -16,14 +16,16 @@ from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E40
 
 from deployments.consumers import SocketAuthMiddlewareStack  # noqa: E402
 from deployments.routing import websocket_urlpatterns  # noqa: E402
+from edge.fastpath import DevicePoll  # noqa: E402
 from telemetry.receiver import OTLPReceiver  # noqa: E402
 
 from .lifespan import lifespan  # noqa: E402
 
 application = ProtocolTypeRouter(
     {
-        # OTLP exports (POST /v1/traces) are served before Django's middleware.
-        "http": OTLPReceiver(django_asgi_app),
+        # OTLP exports (POST /v1/traces) and unchanged device polls
+        # (GET /api/v1/edge/state → 304) are served before Django's middleware.
+        "http": OTLPReceiver(DevicePoll(django_asgi_app)),
         "websocket": AllowedHostsOriginValidator(
             SocketAuthMiddlewareStack(URLRouter(websocket_urlpatterns))
         ),

@@ -1,7 +1,7 @@
 """ASGI lifespan of the web process: what starts and stops with it.
 
 * the live-event relay, where the channel layer is in memory (standalone);
-* on shutdown, the ingest path's connection pool is closed.
+* on shutdown, the ingest path's and the device poll's connection pools are closed.
 
 Servers run it with ``--lifespan on`` (uvicorn); a server without lifespan
 support would serve pages without live updates in the standalone shape.
@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 
 from deployments import relay
+from edge import devicecache
 from telemetry import storage
 
 log = logging.getLogger(__name__)
@@ -24,6 +25,7 @@ async def startup() -> None:
 async def shutdown() -> None:
     await relay.stop()
     await storage.close_ingest_pool()
+    await devicecache.close_pool()
 
 
 async def lifespan(scope, receive, send) -> None:

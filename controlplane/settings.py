@@ -8,6 +8,7 @@ and channel layer, and the keys must come from the environment.
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import dj_database_url
@@ -88,6 +89,10 @@ INSTALLED_APPS = [
     "ninja",
     "deployments",
     "telemetry",
+    "edge",
+    "rollouts",
+    "gateway",
+    "threads",
 ]
 
 MIDDLEWARE = [
@@ -141,7 +146,7 @@ else:
 
 # PostgreSQL connections: one psycopg pool per process (Django's OPTIONS["pool"]),
 # so what a deployment holds is easy to add up (README, "Database connections"):
-#   web processes × (HANGAR_DB_POOL_MAX + HANGAR_INGEST_CONNECTIONS)
+#   web processes × (HANGAR_DB_POOL_MAX + HANGAR_INGEST_CONNECTIONS + 3 for edge devices)
 #   + worker processes × HANGAR_WORKER_DB_POOL_MAX  ≤  max_connections − reserve.
 # A request that finds the pool exhausted waits up to HANGAR_DB_POOL_TIMEOUT
 # seconds for a connection to come back, then fails (503 from the API).
@@ -194,6 +199,14 @@ STORAGES = {
 }
 WHITENOISE_USE_FINDERS = True
 
+# Several installations may share a Docker host, a cluster or a Redis server:
+# a name keeps their units (the ``hangar.managed`` label, unit names) and their
+# live-update channels apart. Empty: the single-installation defaults.
+HANGAR_INSTALLATION = env_str("HANGAR_INSTALLATION") or ""
+if not re.fullmatch(r"([a-z0-9]([a-z0-9-]{0,18}[a-z0-9])?)?", HANGAR_INSTALLATION):
+    raise ConfigError(f"HANGAR_INSTALLATION={HANGAR_INSTALLATION!r}: up to 20 lowercase "
+                      "letters, digits and inner hyphens")
+
 # Channels: Redis in production, in-memory in standalone.
 if REDIS_URL:
     CHANNEL_LAYERS = {
@@ -201,7 +214,8 @@ if REDIS_URL:
             # Pub/sub: one Redis PUBLISH per group message, fanned out by each
             # web process to its own sockets (live updates are at-most-once).
             "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
-            "CONFIG": {"hosts": [REDIS_URL]},
+            "CONFIG": {"hosts": [REDIS_URL], "prefix": (
+                f"asgi-{HANGAR_INSTALLATION}" if HANGAR_INSTALLATION else "asgi")},
         }
     }
 else:
@@ -243,6 +257,10 @@ CELERY_TIMEZONE = "UTC"
 # Reconciler and runtimes.
 HANGAR_SWEEP_SECONDS = env_int("HANGAR_SWEEP_SECONDS", 5, minimum=1)
 HANGAR_PROGRESS_DEADLINE_S = env_int("HANGAR_PROGRESS_DEADLINE_S", 60, minimum=1)
+# A pass that launched instances watches the ones still starting this long
+# (seconds, 0 = not at all), probing only them every 100 ms.
+HANGAR_SETTLE_SECONDS = env_int("HANGAR_SETTLE_SECONDS", 10, minimum=0)
+HANGAR_SETTLE_INTERVAL = 0.1
 HANGAR_RESTART_POLICY = {
     "attempts": env_int("HANGAR_RESTART_ATTEMPTS", 3, minimum=0),
     "interval_s": env_int("HANGAR_RESTART_INTERVAL_S", 300, minimum=1),
@@ -282,6 +300,47 @@ HANGAR_WEBHOOK_ALLOW_PRIVATE = env_bool("HANGAR_WEBHOOK_ALLOW_PRIVATE", False)
 # enqueue, retry or worker (Redis was down): beat enqueues it again.
 HANGAR_WEBHOOK_RESEND_AFTER_S = env_int("HANGAR_WEBHOOK_RESEND_AFTER_S", 300, minimum=10)
 
+# Edge fleet: what devices are told about polling, when one counts as offline,
+# where bundles are kept (content-addressed) and how large one may be.
+HANGAR_EDGE_POLL_INTERVAL_S = env_int("HANGAR_EDGE_POLL_INTERVAL_S", 30, minimum=1)
+HANGAR_EDGE_JITTER_S = env_int("HANGAR_EDGE_JITTER_S", 10, minimum=0)
+HANGAR_EDGE_OFFLINE_AFTER_S = env_int(
+    "HANGAR_EDGE_OFFLINE_AFTER_S", 3 * (HANGAR_EDGE_POLL_INTERVAL_S + HANGAR_EDGE_JITTER_S),
+    minimum=1)
+HANGAR_EDGE_LONG_POLL_MAX_S = env_int("HANGAR_EDGE_LONG_POLL_MAX_S", 60, minimum=0)
+# A poll writes nothing: last seen is kept in memory and written this often.
+HANGAR_EDGE_LAST_SEEN_FLUSH_S = float(env_int("HANGAR_EDGE_LAST_SEEN_FLUSH_MS", 5000,
+                                              minimum=10)) / 1000
+# How long an untouched device stays in a web process's token cache (changes
+# drop it at once: edge.devicecache listens to PostgreSQL).
+HANGAR_EDGE_DEVICE_CACHE_S = env_int("HANGAR_EDGE_DEVICE_CACHE_S", 300, minimum=1)
+HANGAR_EDGE_BUNDLE_DIR = Path(env_str("HANGAR_EDGE_BUNDLE_DIR") or DATA_DIR / "bundles")
+HANGAR_EDGE_MAX_BUNDLE_BYTES = env_int("HANGAR_EDGE_MAX_BUNDLE_BYTES", 64 * 1024 * 1024,
+                                       minimum=1024)
+
+# Threads (threads/): the LangGraph-compatible API the gateway process serves,
+# by prefix (the gateway loads these by dotted path: it does not import threads).
+HANGAR_GATEWAY_MOUNTS = {"/lg/": "threads.server.ThreadsServer"}
+# A run's lease: the gateway process running it renews it; one that stops
+# renewing (killed) loses its runs to the sweep after this long (seconds).
+HANGAR_THREADS_LEASE_S = float(env_int("HANGAR_THREADS_LEASE_MS", 10_000, minimum=200)) / 1000
+HANGAR_THREADS_SWEEP_S = float(env_int("HANGAR_THREADS_SWEEP_MS", 2000, minimum=50)) / 1000
+HANGAR_THREADS_HEARTBEAT_S = float(env_int("HANGAR_THREADS_HEARTBEAT_MS", 15_000,
+                                           minimum=50)) / 1000
+HANGAR_THREADS_MAX_STATE_BYTES = env_int("HANGAR_THREADS_MAX_STATE_BYTES", 1024 * 1024,
+                                         minimum=64)
+# Called by the batch scheduler's every tick with ``now`` (threads' crons fire there).
+HANGAR_SCHEDULER_HOOKS = ["threads.crons.tick"]
+
+# Batch: how often beat fires due schedules and supervises jobs (seconds).
+HANGAR_BATCH_TICK_S = float(env_int("HANGAR_BATCH_TICK_MS", 1000, minimum=100)) / 1000
+# Streams: how often beat schedules the lag readings due before its next tick
+# (each at its own time, so a polling_s under the sweep interval is honoured).
+HANGAR_LAG_TICK_S = float(env_int("HANGAR_LAG_TICK_MS", 1000, minimum=100)) / 1000
+
+# Rollouts (#15): how often steps, pauses and analysis measurements come due.
+HANGAR_ROLLOUT_TICK_S = float(env_int("HANGAR_ROLLOUT_TICK_MS", 2000, minimum=100)) / 1000
+
 CELERY_BEAT_SCHEDULE = {
     "sweep": {"task": "deployments.tasks.sweep", "schedule": float(HANGAR_SWEEP_SECONDS)},
     "probe-targets": {"task": "deployments.tasks.probe_targets", "schedule": 30.0},
@@ -294,6 +353,12 @@ CELERY_BEAT_SCHEDULE = {
                                "schedule": 60.0},
     "telemetry-retention": {"task": "telemetry.tasks.retention", "schedule": 3600.0},
     "prune-samples": {"task": "deployments.tasks.prune_samples", "schedule": 3600.0},
+    "rollouts-tick": {"task": "rollouts.tasks.tick", "schedule": HANGAR_ROLLOUT_TICK_S,
+                      "options": {"expires": HANGAR_ROLLOUT_TICK_S * 2}},
+    "batch-tick": {"task": "deployments.tasks.batch_tick", "schedule": HANGAR_BATCH_TICK_S,
+                   "options": {"expires": HANGAR_BATCH_TICK_S * 2}},
+    "lag-tick": {"task": "deployments.tasks.poll_lag", "schedule": HANGAR_LAG_TICK_S,
+                 "options": {"expires": HANGAR_LAG_TICK_S * 2}},
 }
 
 LOGGING = {

@@ -22,6 +22,10 @@ urlpatterns = [
     path("v1/traces", traces, name="otlp-traces"),
     # The pages live at the paths the README names; /telemetry/… was their first home.
     path("telemetry/<path:rest>", RedirectView.as_view(url="/%(rest)s", query_string=True)),
+    path("edge/", include("edge.urls")),
+    path("gateway/", include("gateway.urls")),
+    path("", include("rollouts.urls")),
+    path("", include("threads.urls")),
     path("", include("telemetry.urls")),
     path("", include("deployments.urls")),
 ]

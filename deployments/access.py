@@ -17,8 +17,10 @@ from .models import (
     AgentVersion,
     ApiToken,
     Deployment,
+    JobRun,
     Membership,
     Role,
+    Schedule,
     Secret,
     Target,
     Team,
@@ -35,6 +37,8 @@ TEAM_PATH: dict[type[Model], str] = {
     Membership: "team_id",
     AgentVersion: "agent__team_id",
     Deployment: "agent__team_id",
+    Schedule: "deployment__agent__team_id",
+    JobRun: "deployment__agent__team_id",
 }
 
 # Deployments with what every page and lookup of one shows (agent, team, version,

@@ -176,6 +176,34 @@ class BudgetReverted(LiveEvent):
     restored: list[int]
 
 
+@dataclass(frozen=True)
+class DeadLetters(LiveEvent):
+    """A stream deployment's dead letters were replayed or purged (its stream panel)."""
+
+    name: ClassVar[str] = "deadletters"
+    count: int
+
+
+@dataclass(frozen=True)
+class ScheduleChanged(LiveEvent):
+    """A batch schedule was created, changed, suspended, resumed, deleted or fired."""
+
+    name: ClassVar[str] = "schedule.changed"
+    deployment: int
+    schedule: int
+
+
+@dataclass(frozen=True)
+class JobRunChanged(LiveEvent):
+    """A job run was created or changed status (pending, running, finished)."""
+
+    name: ClassVar[str] = "job_run.changed"
+    deployment: int
+    schedule: int
+    run: int
+    status: str
+
+
 _hint_cache: dict[type, dict[str, Any]] = {}
 
 

@@ -41,3 +41,18 @@ def summaries(deployment_ids: list[int]) -> dict[int, dict]:
 
 def series(deployment_id: int, since: datetime) -> dict[str, dict]:
     return {name: provider(deployment_id, since) for name, provider in _series.items()}
+
+
+# Named figures a pattern reads (``patterns.edge`` reads "edge_health", which the
+# edge app registers): ``provider(deployment) -> value``; None when none is registered.
+FigureProvider = Callable[[object], object]
+_figures: dict[str, FigureProvider] = {}
+
+
+def register_figure(name: str, provider: FigureProvider) -> None:
+    _figures[name] = provider
+
+
+def figure(name: str, deployment) -> object:
+    provider = _figures.get(name)
+    return None if provider is None else provider(deployment)

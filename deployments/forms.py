@@ -111,3 +111,38 @@ class TokenForm(forms.Form):
         label="Expires", required=False,
         widget=forms.DateTimeInput(attrs={"type": "datetime-local"}),
         help_text="Leave empty for a token that does not expire.")
+
+
+class ScheduleForm(forms.Form):
+    """A batch deployment's new schedule; the cron line and the zone are checked
+    by the verb (``actions.create_schedule``), whose 422 names the field."""
+
+    name = forms.CharField(max_length=63, validators=[slug_validator],
+                           help_text="Lowercase letters, digits and hyphens; unique in the "
+                                     "deployment.")
+    cron = forms.CharField(max_length=200, help_text='Five fields, e.g. "*/5 * * * *" or '
+                                                     '"30 2 * * 1-5"; @hourly, @daily…')
+    seconds = forms.BooleanField(required=False, label="With a seconds field",
+                                 help_text='Six fields, the first the seconds: "*/10 * * * * *".')
+    timezone = forms.CharField(max_length=64, initial="UTC", label="Time zone",
+                               help_text="IANA name the cron is read in, e.g. Europe/Paris.")
+    concurrency_policy = forms.ChoiceField(
+        choices=[("forbid", "Forbid: skip while a run is running"),
+                 ("allow", "Allow: run both"),
+                 ("replace", "Replace: stop the running one")],
+        initial="forbid", label="Concurrency")
+    timeout_s = forms.IntegerField(min_value=1, max_value=7 * 24 * 3600, required=False,
+                                   label="Timeout (s)", help_text="Empty: no timeout.")
+    retries = forms.IntegerField(min_value=0, max_value=100, initial=0)
+    input = forms.CharField(widget=forms.Textarea(attrs={"rows": 2}), required=False,
+                            label="Input (JSON)",
+                            help_text='Passed to the job, e.g. {"items": ["a", "b"]}.')
+
+    def clean_input(self):
+        raw = self.cleaned_data["input"].strip()
+        if not raw:
+            return None
+        try:
+            return json.loads(raw)
+        except json.JSONDecodeError as exc:
+            raise forms.ValidationError(f"Not valid JSON: {exc.msg}.") from None

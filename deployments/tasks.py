@@ -6,6 +6,10 @@ from django.conf import settings
 from django.db.models import Q
 
 from . import samples
+from .autoscaling.polling import readings_due
+from .autoscaling.scaler import autoscale
+from .batch import scheduler as batch_scheduler
+from .batch import supervisor as batch_supervisor
 from .models import Deployment, DeploymentState
 from .reconciler import collect_orphans as collect
 from .reconciler import probe_targets as probe
@@ -34,6 +38,26 @@ def sweep() -> int:
     return len(ids)
 
 
+@shared_task(ignore_result=True)
+def poll_lag() -> int:
+    """Beat (every HANGAR_LAG_TICK_S): each reading of a stream's lag due
+    before the next tick, enqueued at its own time (polling_s is honoured
+    below the sweep interval)."""
+    window = settings.HANGAR_LAG_TICK_S
+    due = readings_due(window)
+    for deployment_id, countdown in due:
+        read_lag.apply_async((deployment_id,), countdown=countdown,
+                             expires=countdown + window * 2)
+    return len(due)
+
+
+@shared_task(ignore_result=True)
+def read_lag(deployment_id: int) -> None:
+    """One reading of the deployment's stream when it is due, and the
+    autoscaler's decision on it (nothing when it is not due)."""
+    autoscale(deployment_id)
+
+
 @shared_task(acks_late=True, ignore_result=True)
 def teardown(deployment_id: int, target_ids: list[int]) -> int:
     return remove_everything(deployment_id, target_ids)
@@ -53,3 +77,14 @@ def collect_orphans() -> dict:
 def prune_samples() -> int:
     """Beat: delete chart samples past their retention."""
     return samples.prune()
+
+
+@shared_task(ignore_result=True)
+def batch_tick() -> dict:
+    """Beat (every HANGAR_BATCH_TICK_S) and after batch verbs: fire due
+    occurrences, then one supervision pass over pending and running jobs. Any
+    number may run at once (claims and runs are row-locked, SKIP LOCKED)."""
+    fired = batch_scheduler.tick()
+    supervised = batch_supervisor.supervise()
+    return {"fired": len(fired.runs), "missed": fired.missed, "started": supervised.started,
+            "finished": supervised.finished}

@@ -183,7 +183,7 @@ ensure_host() {
 
 # The control plane image -------------------------------------------------------------
 CP_WHEELS=$CACHE/controlplane-wheels
-CP_SOURCES=(Dockerfile pyproject.toml manage.py controlplane deployments telemetry templates static
+CP_SOURCES=(Dockerfile pyproject.toml manage.py controlplane deployments telemetry gateway edge edge_agent rollouts threads templates static
             offline-wheels)
 
 # pyproject.toml's runtime dependencies plus what building the project needs.

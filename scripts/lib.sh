@@ -42,6 +42,24 @@ ensure_redis() {
   echo "Redis did not start" >&2; exit 1
 }
 
+# NATS with JetStream for the stream tests (deployments/streams/nats.py): started
+# on 127.0.0.1:4222 with its own store under /tmp if nothing answers there.
+ensure_nats() {
+  if (exec 3<>/dev/tcp/127.0.0.1/4222) 2>/dev/null; then return; fi
+  if ! command -v nats-server >/dev/null 2>&1; then
+    log "installing Debian's nats-server"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y -qq nats-server >/dev/null 2>&1 \
+      || { apt-get update -qq && apt-get install -y -qq nats-server >/dev/null; }
+  fi
+  log "starting NATS JetStream"
+  mkdir -p /tmp/hangar-nats
+  nohup nats-server -js -a 127.0.0.1 -p 4222 -sd /tmp/hangar-nats \
+    >/tmp/hangar-nats/server.log 2>&1 &
+  for _ in $(seq 1 30); do (exec 3<>/dev/tcp/127.0.0.1/4222) 2>/dev/null && return; sleep 1; done
+  echo "NATS did not start" >&2; exit 1
+}
+
 ensure_chromium() {
   if [ -x /usr/bin/chromium ]; then return; fi
   log "installing Debian's chromium for the browser tests"

@@ -278,11 +278,19 @@ def check_destination(url: str) -> None:
 
 
 def post_webhook(event: BudgetEvent, timeout: float = 5.0) -> int:
-    check_destination(event.budget.webhook_url)
-    body = json.dumps(webhook_payload(event)).encode()
+    return post_json(event.budget.webhook_url, webhook_payload(event), timeout=timeout)
+
+
+def post_json(url: str, payload: dict, *, timeout: float = 5.0,
+              user_agent: str = "Hangar-Budgets/1") -> int:
+    """POST ``payload`` as JSON to ``url``, the SSRF-safe way (public addresses
+    only, no redirects followed); the HTTP status, or ``WebhookError``
+    (retryable) / ``WebhookRefused`` (not). Other apps' webhooks use it too."""
+    check_destination(url)
+    body = json.dumps(payload).encode()
     request = urllib.request.Request(
-        event.budget.webhook_url, data=body, method="POST",
-        headers={"Content-Type": "application/json", "User-Agent": "Hangar-Budgets/1"})
+        url, data=body, method="POST",
+        headers={"Content-Type": "application/json", "User-Agent": user_agent})
     try:
         with _opener.open(request, timeout=timeout) as response:
             code = response.status

@@ -16,4 +16,6 @@ urlpatterns = [
     path("deployments/<int:deployment_id>/cost-panel/", views.cost_panel, name="cost-panel"),
     path("runs/", views.runs_index, name="runs"),
     path("runs/<int:run_id>/", views.run_detail, name="run"),
+    path("deployments/<int:deployment_id>/traces/<str:trace_id>/", views.trace_run,
+         name="trace"),
 ]

@@ -7,7 +7,7 @@ from datetime import timedelta
 
 from django.contrib import messages
 from django.core.paginator import Paginator
-from django.http import HttpRequest, HttpResponse
+from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
@@ -20,7 +20,7 @@ from deployments.errors import DomainError
 from deployments.models import Agent, Deployment, Role, Team
 from deployments.web import request_actor, scoped_view
 
-from . import access, budgets, cost, traces
+from . import access, budgets, cost, jobs, traces
 from .forms import BudgetChangeForm, BudgetForm, RunFilterForm
 from .models import Budget, BudgetEvent, Run, RunStatus
 
@@ -106,6 +106,19 @@ def run_detail(request: HttpRequest, run_id: int) -> HttpResponse:
     return render(request, "telemetry/run_detail.html",
                   {"run": run, "deployment": deployment, "trace": trace, "rows": rows,
                    "ticks": [trace.total_ms * i / 4 for i in range(5)]})
+
+
+@scoped_view
+@require_GET
+def trace_run(request: HttpRequest, deployment_id: int, trace_id: str) -> HttpResponse:
+    """A trace id of the deployment (a batch job run's) to its run's page, once
+    its spans have arrived."""
+    deployment = registry_access.get_for(request_actor(request), Deployment.objects.all(),
+                                         pk=deployment_id)
+    run = jobs.run_for_trace(deployment.pk, trace_id)
+    if run is None:
+        raise Http404("No spans of this trace have arrived yet.")
+    return redirect("telemetry:run", run_id=run.pk)
 
 
 @scoped_view

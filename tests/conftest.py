@@ -21,6 +21,37 @@ from .factories import (
 
 ROLES = ["admin", "operator", "viewer"]
 
+# scripts/test runs the suite on two pytest-xdist workers, each with services of
+# its own (tests/settings.py). A module's tests stay on one worker (its
+# module-scoped servers start once); modules that share something only one
+# worker may use at a time run on the same worker, one after another: the two
+# Docker hosts (a test restarts one; fixtures clean up every managed container),
+# and the NATS server's streams. (xdist's own ``loadgroup`` marks do not group
+# under pytest 9: they rename node ids through an attribute pytest 9 no longer
+# reads. The scheduler below groups by module name instead.)
+SHARED = {
+    "docker-hosts": {"test_batch_docker", "test_browser", "test_docker", "test_gateway_docker",
+                     "test_image", "test_installations", "test_reference_agent",
+                     "test_rollouts_docker", "test_stream_docker", "test_telemetry_e2e"},
+    "nats": {"test_deadletters_nats", "test_keda", "test_streams"},
+}
+
+
+def work_unit(nodeid: str) -> str:
+    """Which unit of work a test belongs to: its module, or its shared group."""
+    module = nodeid.split("::", 1)[0].rpartition("/")[2].removesuffix(".py")
+    return next((name for name, modules in SHARED.items() if module in modules), module)
+
+
+def pytest_xdist_make_scheduler(config, log):
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ByModuleAndShared(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return work_unit(nodeid)
+
+    return ByModuleAndShared(config, log)
+
 
 @dataclass
 class World:

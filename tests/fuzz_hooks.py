@@ -5,7 +5,20 @@ The fuzzer authenticates with one team admin's token. Two calls would end
 its run early, every later answer being a 401: revoking that token and
 deleting that team. Those two calls are pointed at an id that does not exist
 (a 404, as for any unknown id); every other call on those routes, including
-on the tokens and teams the fuzzer made itself, goes through."""
+on the tokens and teams the fuzzer made itself, goes through.
+
+Calls on a deployment's dead letters are pointed at the seeded stream
+deployment (``HANGAR_FUZZ_STREAM_DEPLOYMENT_ID``), whose dead letters are on
+this run's Redis, so the fuzzed ids, cursors and selections reach the broker.
+
+Batch calls are pointed at the seeded batch deployment, schedule and job run
+(``HANGAR_FUZZ_BATCH``: their three ids), so fuzzed crons, zones and inputs
+reach the verbs instead of stopping at a 404; deleting that schedule is
+pointed at an id that does not exist, like the protected calls above.
+
+A link over a nullable id (an edge group without a deployment answers
+``"deployment_id": null``) would put ``None`` in a path; such a call is
+pointed at an id that does not exist too."""
 from __future__ import annotations
 
 import os
@@ -19,8 +32,34 @@ PROTECTED = {
 }
 
 
+STREAM_DEPLOYMENT = os.environ.get("HANGAR_FUZZ_STREAM_DEPLOYMENT_ID")
+_BATCH_IDS = (os.environ.get("HANGAR_FUZZ_BATCH") or "").split(",")
+BATCH = dict(zip(("deployment_id", "schedule_id", "job_run_id"), _BATCH_IDS, strict=True)) \
+    if len(_BATCH_IDS) == 3 else {}
+
+
+def _batch(case) -> None:
+    parameters = case.path_parameters or {}
+    if "schedule_id" in parameters:
+        parameters["schedule_id"] = NOWHERE if case.method.upper() == "DELETE" \
+            else int(BATCH["schedule_id"])
+    if "job_run_id" in parameters:
+        parameters["job_run_id"] = int(BATCH["job_run_id"])
+    if case.path == "/api/v1/schedules" and case.method.upper() == "POST" and \
+            isinstance(case.body, dict) and "deployment_id" in case.body:
+        case.body["deployment_id"] = int(BATCH["deployment_id"])
+
+
 @schemathesis.hook
 def before_call(context, case, kwargs):
+    for name, value in list((case.path_parameters or {}).items()):
+        if value is None or value == "None":
+            case.path_parameters[name] = NOWHERE
+    if STREAM_DEPLOYMENT and "/dead-letters" in case.path and case.path_parameters:
+        case.path_parameters["deployment_id"] = int(STREAM_DEPLOYMENT)
+    if BATCH and (case.path.startswith("/api/v1/schedules") or
+                  case.path.startswith("/api/v1/job-runs")):
+        _batch(case)
     for (method, path, name), value in PROTECTED.items():
         parameters = case.path_parameters or {}
         if case.method.upper() == method and case.path == path and value is not None \

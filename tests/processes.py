@@ -56,9 +56,10 @@ def wait_for(url: str, process: subprocess.Popen, log: Path, timeout: float = 60
         try:
             if requests.get(url, timeout=2).status_code == 200:
                 return
-        except requests.ConnectionError:
-            pass
+        except (requests.ConnectionError, requests.Timeout):
+            pass  # not listening yet, or too busy starting to answer in time
         time.sleep(0.2)
+    stop(process)  # the caller's teardown never runs when its setup fails
     raise AssertionError(f"{url} never answered:\n" + log.read_text())
 
 

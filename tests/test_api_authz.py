@@ -51,6 +51,27 @@ ROUTES = [
     ("rollback-deployment", "POST", "/deployments/{deployment}/rollback",
      {"revision": 2}, "operator", 200),
     ("list-revisions", "GET", "/deployments/{deployment}/revisions", None, "viewer", 200),
+    # The world's deployment consumes no stream: past the role check, a 409.
+    ("list-dead-letters", "GET", "/deployments/{deployment}/dead-letters", None, "viewer", 409),
+    ("get-dead-letter", "GET", "/deployments/{deployment}/dead-letters/17", None, "viewer",
+     409),
+    ("replay-dead-letters", "POST", "/deployments/{deployment}/dead-letters/replay",
+     {"all": True}, "operator", 409),
+    ("purge-dead-letters", "POST", "/deployments/{deployment}/dead-letters/purge",
+     {"ids": ["17-0"]}, "operator", 409),
+    ("create-schedule", "POST", "/schedules",
+     {"deployment_id": "{batch_deployment}", "name": "hourly", "cron": "@hourly"},
+     "operator", 201),
+    ("get-schedule", "GET", "/schedules/{schedule}", None, "viewer", 200),
+    ("patch-schedule", "PATCH", "/schedules/{schedule}", {"cron": "@hourly"}, "operator", 200),
+    ("delete-schedule", "DELETE", "/schedules/{schedule}", None, "operator", 204),
+    ("trigger-schedule", "POST", "/schedules/{schedule}/trigger", {}, "operator", 201),
+    ("suspend-schedule", "POST", "/schedules/{schedule}/suspend", None, "operator", 200),
+    ("resume-schedule", "POST", "/schedules/{suspended_schedule}/resume", None, "operator",
+     200),
+    ("list-job-runs", "GET", "/schedules/{schedule}/runs", None, "viewer", 200),
+    ("get-job-run", "GET", "/job-runs/{job_run}", None, "viewer", 200),
+    ("cancel-job-run", "POST", "/job-runs/{job_run}/cancel", None, "operator", 200),
     ("create-secret", "POST", "/secrets", {"team_id": "{team}", "name": "DB_URL",
                                             "value": "postgres://u:p@h/db"}, "admin", 201),
     ("get-secret", "GET", "/secrets/{secret}", None, "viewer", 200),
@@ -77,7 +98,7 @@ ROUTES = [
 ]
 
 LISTS = ["/teams", "/agents", "/targets", "/deployments", "/secrets", "/tokens", "/runs",
-         "/budgets"]
+         "/budgets", "/schedules"]
 # Routes checked elsewhere: creating a team (superusers, test_api), the audit log
 # (test_api), log tails and SSE (test_reconciler_local).
 ELSEWHERE = {("POST", "/teams"), ("GET", "/audit"),
@@ -124,13 +145,33 @@ def telemetry_rows(world):
     world.run, world.budget, world.budget_event = run, budget, event
 
 
+@pytest.fixture(autouse=True)
+def batch_rows(world):
+    """A batch deployment with a schedule, a suspended one and a pending job run."""
+    from deployments import actions
+    from deployments.audit import SYSTEM
+
+    from .factories import AgentFactory, DeploymentFactory
+
+    deployment = DeploymentFactory(agent=AgentFactory(team=world.team, slug="nightly",
+                                                      pattern="batch"), target=world.target)
+    world.batch_deployment = deployment
+    world.schedule = actions.create_schedule(deployment, {"name": "daily", "cron": "@daily"},
+                                             SYSTEM)
+    world.suspended_schedule = actions.create_schedule(
+        deployment, {"name": "paused", "cron": "@daily", "suspended": True}, SYSTEM)
+    world.job_run = actions.trigger_schedule(world.schedule, SYSTEM)
+
+
 def fill(template, world):
     ids = {"team": world.team.pk, "agent": world.agent.pk, "spare_agent": world.spare_agent.pk,
            "spare_version": world.spare_version.pk,
            "target": world.target.pk, "spare_target": world.spare_target.pk,
            "deployment": world.deployment.pk, "secret": world.secret.pk,
            "token": world.token_row.pk, "member": world.member.pk, "run": world.run.pk,
-           "budget": world.budget.pk, "budget_event": world.budget_event.pk}
+           "budget": world.budget.pk, "budget_event": world.budget_event.pk,
+           "batch_deployment": world.batch_deployment.pk, "schedule": world.schedule.pk,
+           "suspended_schedule": world.suspended_schedule.pk, "job_run": world.job_run.pk}
     if isinstance(template, str):
         if template.startswith("{") and template.endswith("}") and template[1:-1] in ids:
             return ids[template[1:-1]]
@@ -188,6 +229,17 @@ def test_every_api_route_is_in_the_matrix():
                     routes.add((method, shape(f"{prefix}{path}".replace("//", "/"))))
     covered = {(method, shape(path)) for _, method, path, *_ in ROUTES}
     covered |= {("GET", shape(path)) for path in LISTS} | ELSEWHERE
+    # The edge fleet's own matrix (test_edge_authz), and the device's routes there.
+    from .test_edge_authz import DEVICE_ROUTES, EDGE_ROUTES
+
+    covered |= {(method, shape(path)) for _, method, path, *_ in EDGE_ROUTES}
+    covered |= {(method, shape(path)) for method, path in DEVICE_ROUTES}
+    from .test_rollouts_authz import ROLLOUT_ROUTES  # progressive delivery's own matrix
+
+    covered |= {(method, shape(path)) for _, method, path, *_ in ROLLOUT_ROUTES}
+    from .test_gateway_keys_api import GATEWAY_KEY_ROUTES  # the gateway keys' own matrix
+
+    covered |= {(method, shape(path)) for _, method, path, *_ in GATEWAY_KEY_ROUTES}
     assert routes - covered == set(), "routes without an authorization test"
 
 

@@ -58,7 +58,39 @@ def seeded():
     deployment.save(update_fields=["ingest_token"])
     row, token = actions.create_token(team, name="fuzz", scope="admin", expires_at=None,
                                       actor=Actor(user=admin))
-    return {"token": token, "token_id": row.pk, "team_id": team.pk, "deployment": deployment}
+    stream = _stream_deployment(team, target)
+    return {"token": token, "token_id": row.pk, "team_id": team.pk, "deployment": deployment,
+            "stream": stream, "batch": _batch_rows(team, target, admin)}
+
+
+def _batch_rows(team, target, admin) -> str:
+    """A batch deployment with a schedule and a pending job run (no worker runs
+    it): the ids the fuzz hooks point batch calls at."""
+    agent = AgentFactory(team=team, slug="fuzz-batch", name="Fuzz batch", pattern="batch")
+    version = VersionFactory(agent=agent, number=1, image="", command=["true"])
+    deployment = DeploymentFactory(agent=agent, version=version, target=target, replicas=0)
+    schedule = actions.create_schedule(deployment, {"name": "nightly", "cron": "30 2 * * *"},
+                                       Actor(user=admin))
+    run = actions.trigger_schedule(schedule, Actor(user=admin))
+    return f"{deployment.pk},{schedule.pk},{run.pk}"
+
+
+def _stream_deployment(team, target):
+    """A stream deployment with dead letters on this run's Redis (the fuzz hooks
+    point the dead-letter routes at it)."""
+    from .stream_support import Keys
+
+    keys = Keys()
+    agent = AgentFactory(team=team, slug="fuzz-stream", name="Fuzz stream", pattern="stream")
+    version = VersionFactory(agent=agent, number=1, image="", command=["true"],
+                             pattern_settings=keys.settings())
+    for n in range(5):
+        keys.client.xadd(keys.deadletter, {
+            "source_id": f"{n + 1}-0", "source_stream": keys.source, "group": keys.group,
+            "input": "poison", "fields": json.dumps({"input": "poison", "n": n}),
+            "error": "poison message", "deliveries": 5, "instance": "fuzz-consumer"})
+    return DeploymentFactory(agent=agent, version=version, target=target, state="paused",
+                             replicas=0), keys
 
 
 @pytest.fixture
@@ -85,6 +117,7 @@ def _post_runs(base: str, deployment) -> None:
 
 def test_schemathesis_finds_nothing(seeded, server, tmp_path):
     base = server["base"]
+    stream, keys = seeded["stream"]
     _post_runs(base, seeded["deployment"])
     schema = requests.get(f"{base}/api/v1/openapi.json", timeout=10).json()
     assert len(schema["paths"]) > 20
@@ -107,9 +140,14 @@ def test_schemathesis_finds_nothing(seeded, server, tmp_path):
     env = {**os.environ, "NO_COLOR": "1", "SCHEMATHESIS_TELEMETRY": "false",
            "PYTHONPATH": str(ROOT), "SCHEMATHESIS_HOOKS": "tests.fuzz_hooks",
            "HANGAR_FUZZ_TOKEN_ID": str(seeded["token_id"]),
-           "HANGAR_FUZZ_TEAM_ID": str(seeded["team_id"])}
-    run = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=900,
-                         env=env)
+           "HANGAR_FUZZ_TEAM_ID": str(seeded["team_id"]),
+           "HANGAR_FUZZ_STREAM_DEPLOYMENT_ID": str(stream.pk),
+           "HANGAR_FUZZ_BATCH": seeded["batch"]}
+    try:
+        run = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True,
+                             timeout=900, env=env)
+    finally:
+        keys.cleanup()
     elapsed = time.monotonic() - started
     output = run.stdout + run.stderr
     (tmp_path / "schemathesis.txt").write_text(output)

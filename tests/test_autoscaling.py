@@ -64,9 +64,9 @@ def test_manual_deployments_are_left_alone(busy_deployment):
 
 
 def test_signals_are_registered_by_name():
-    assert set(SIGNALS) == {"cpu", "inflight"}
+    assert set(SIGNALS) == {"cpu", "inflight", "lag"}
     assert get_signal("cpu").needs_usage and not get_signal("inflight").needs_usage
-    assert get_signal("lag") is None and get_signal("") is None
+    assert get_signal("lag").from_source and get_signal("") is None
 
 
 def test_a_tightened_policy_refuses_the_way_up_and_the_timeline_says_so(busy_deployment):

@@ -203,7 +203,9 @@ def test_every_object_carries_the_hangar_labels_and_a_valid_name():
         "hangar.version": "7",
     }
     for kind, manifest in every_manifest().items():
-        assert manifest["metadata"]["labels"] == expected, kind
+        # Jobs (not their Secret) also say so: they are never listed as instances.
+        job = {"hangar.job": "true"} if kind in ("job", "job-inline-env") else {}
+        assert manifest["metadata"]["labels"] == {**expected, **job}, kind
         assert RFC1035.match(manifest["metadata"]["name"]), kind
         assert "namespace" not in manifest["metadata"], kind
 
@@ -215,7 +217,8 @@ def test_deployment_manifest():
     assert spec["selector"] == {
         "matchLabels": {"hangar.deployment": "12", "hangar.managed": "true"}}
     pod = spec["template"]
-    assert pod["metadata"]["labels"]["hangar.generation"] == "3"
+    assert pod["metadata"]["labels"]["hangar.version"] == "7"
+    assert "hangar.generation" not in pod["metadata"]["labels"]  # a scale must not roll pods
     assert pod["metadata"]["annotations"][manifests.ENV_CHECKSUM_ANNOTATION]
     [container] = pod["spec"]["containers"]
     assert container["image"] == "hangar/reference-agent:1.0"
@@ -263,6 +266,23 @@ def test_new_secret_or_config_values_roll_the_pods():
     assert checksum(spec) == checksum(deployment_spec())
     assert checksum(spec) != checksum(dataclasses.replace(spec, secret_env={"OPENAI_KEY": "new"}))
     assert checksum(spec) != checksum(dataclasses.replace(spec, config={"MODEL": "other"}))
+
+
+def test_scaling_leaves_the_pods_alone_and_a_restart_rolls_them():
+    def pods(spec):
+        return manifests.deployment(spec)["spec"]["template"]
+
+    spec = deployment_spec()
+    # A new replica count is a new generation: the pods' template stays as it is.
+    scaled = dataclasses.replace(spec, replicas=5, generation=4,
+                                 template=dataclasses.replace(spec.template, generation=4))
+    assert manifests.deployment(scaled)["metadata"]["labels"]["hangar.generation"] == "4"
+    assert pods(scaled) == pods(spec)
+    # The restart verb's stamp changes it, as `kubectl rollout restart` does.
+    restarted = dataclasses.replace(scaled, restarted_at="2026-12-02T15:00:00+00:00")
+    annotations = pods(restarted)["metadata"]["annotations"]
+    assert annotations[manifests.RESTARTED_AT_ANNOTATION] == "2026-12-02T15:00:00+00:00"
+    assert pods(restarted) != pods(scaled)
 
 
 def test_autoscaled_deployment_leaves_replicas_to_the_hpa():
@@ -325,7 +345,7 @@ def test_cron_job_manifest():
     assert job["spec"]["backoffLimit"] == 2
     pod = job["spec"]["template"]
     assert pod["spec"]["restartPolicy"] == "Never"
-    assert pod["metadata"]["labels"]["hangar.generation"] == "3"
+    assert pod["metadata"]["labels"]["hangar.deployment"] == "12"
     [container] = pod["spec"]["containers"]
     assert "livenessProbe" not in container and "ports" not in container
 
@@ -530,7 +550,7 @@ async def test_apply_deployment_server_side_applies_each_object(cluster):
     assert base64.b64decode(secret["data"]["OPENAI_KEY"]) == b"sk-live-secret"
     assert config_map["data"] == {"MODEL": "offline-echo"}
     assert deployment["kind"] == "Deployment" and deployment["spec"]["replicas"] == 3
-    assert deployment["spec"]["template"]["metadata"]["labels"]["hangar.generation"] == "3"
+    assert deployment["spec"]["template"]["metadata"]["labels"]["hangar.version"] == "7"
     assert service["spec"]["ports"][0]["port"] == 8080
     for body in (secret, config_map, deployment, service):
         kubernetes_validate.validate(body, latest_version(), strict=True)

@@ -53,7 +53,8 @@ def sent(monkeypatch):
 def test_every_event_name_has_one_dataclass_and_pages_listen_only_for_known_names():
     assert set(EVENTS) == {"deployment.health", "deployment.changed", "instances", "sample",
                            "timeline", "run.finished", "cost.tick", "budget.triggered",
-                           "budget.reverted"}
+                           "budget.reverted", "deadletters", "schedule.changed",
+                           "job_run.changed", "rollout.changed"}
     assert all(EVENTS[name].name == name for name in EVENTS)
     listened = set()
     for template in (ROOT / "templates").rglob("*.html"):

@@ -15,7 +15,8 @@ API = "/api/v1"
 GOOD = {
     "batch": {"schedule": "*/5 * * * *", "timezone": "Europe/Paris",
               "concurrency_policy": "replace", "timeout_s": 600, "retries": 2},
-    "stream": {"source": "orders", "consumer_group": "triage", "lag_target": 50},
+    "stream": {"source": {"kind": "redis", "url": "redis://127.0.0.1:6379/0", "stream": "orders",
+                          "group": "triage"}, "lag_target": 50},
     "realtime": {"concurrency": 8, "request_timeout_s": 120, "double_texting": "enqueue"},
     "edge": {"device_selector": {"site": "lyon"}},
 }

@@ -227,3 +227,58 @@ def test_deleted_deployments_leave_no_processes(local_deployment):
         assert not os.path.exists(f"/proc/{pid}") or \
             open(f"/proc/{pid}/stat").read().split(")")[1].split()[0] == "Z"
     assert teardown(d.pk, [d.target.pk]) == 0  # idempotent
+
+
+def test_one_pass_launches_replicas_and_sees_them_ready(local_deployment):
+    """The pass that starts instances watches them until they answer their
+    readiness probe, so the deployment reads Healthy after that one pass."""
+    d = local_deployment
+    assert reconcile_deployment(d.pk) == "Healthy"
+    d.refresh_from_db()
+    rows = list(Instance.objects.filter(deployment=d))
+    assert [r.health for r in rows] == ["Healthy", "Healthy"]
+    assert all(r.ready_at and r.phase == "running" for r in rows)
+    assert d.health_reason == "2 of 2 replicas healthy"
+    assert d.observed_generation == d.generation
+    ready = DeploymentEvent.objects.filter(deployment=d, reason="Ready").count()
+    assert ready == 2
+    # The pass wrote its roll-up as it went, one Health event per transition.
+    moves = [m.split(":")[0] for m in DeploymentEvent.objects.filter(
+        deployment=d, reason="Health").order_by("pk").values_list("message", flat=True)]
+    assert len(moves) == len(set(moves)) and moves[-1].endswith("→ Healthy")
+
+
+def test_a_change_ends_the_watch_and_asks_for_a_pass_at_once(local_deployment, settings):
+    """While a pass watches instances that never get ready, a new spec is not
+    kept waiting: the pass ends, and asks for the next one right away."""
+    import threading
+
+    from deployments.reconciler import reconcile as reconcile_once
+
+    settings.HANGAR_SETTLE_SECONDS = 600
+    d = local_deployment
+    never_ready = VersionFactory(agent=d.agent, image="", port=8080, command=[
+        "python", "-c", "import time; time.sleep(120)"])
+    Deployment.objects.filter(pk=d.pk).update(version=never_ready, replicas=1)
+    outcome = {}
+
+    def one_pass():
+        from django.db import connection
+        try:
+            outcome["pass"] = reconcile_once(d.pk)
+        finally:
+            connection.close()
+
+    worker = threading.Thread(target=one_pass)
+    worker.start()
+    deadline = time.monotonic() + 30
+    while not Instance.objects.filter(deployment=d, phase="starting").exists():
+        assert time.monotonic() < deadline, "the pass started no instance"
+        time.sleep(0.1)
+    d.refresh_from_db()
+    actions.scale_deployment(d, replicas=0, actor=SYSTEM)
+    worker.join(timeout=60)
+    assert not worker.is_alive(), "the pass kept watching after the deployment changed"
+    assert outcome["pass"].requeue_in is not None and outcome["pass"].requeue_in <= 0.05
+    assert reconcile_deployment(d.pk) in ("Healthy", "Progressing")
+    assert not Instance.objects.filter(deployment=d).exists()

@@ -108,13 +108,21 @@ def test_register_agent_suggests_the_slug_and_shows_a_duplicate(server, team, op
     page.goto(f"{server}/agents/new/")
     page.fill("#agent-form input[name=name]", "Support Bot")
     expect(page.locator("#agent-form input[name=slug]")).to_have_value("support-bot")
+    # The user types into the name as soon as the re-rendered form is on the
+    # screen, before htmx has settled it (what a loaded machine shows).
+    page.evaluate("""() => document.addEventListener("htmx:afterSwap", () => {
+        const name = document.querySelector("#agent-form input[name=name]");
+        name.value = "Triage Désk 2";
+        name.dispatchEvent(new Event("input", {bubbles: true}));
+    }, {once: true})""")
     page.click("#agent-form button[type=submit]")
     error = page.locator("#agent-form [role=alert]").first
     expect(error).to_be_visible()
     expect(error).to_contain_text("already exists")
     # The name still drives the suggestion after the server re-rendered the form...
-    page.fill("#agent-form input[name=name]", "Triage Désk 2")
     expect(page.locator("#agent-form input[name=slug]")).to_have_value("triage-desk-2")
+    page.fill("#agent-form input[name=name]", "Triage Desk 3")
+    expect(page.locator("#agent-form input[name=slug]")).to_have_value("triage-desk-3")
     # ...until the user types a slug of their own.
     page.fill("#agent-form input[name=slug]", "my-own")
     page.fill("#agent-form input[name=name]", "Something else")

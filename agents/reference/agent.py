@@ -20,22 +20,47 @@ realtime (default)
                              Events, one ``data: {"token", "index"}`` per output token,
                              then ``event: done`` with the whole result
         GET  /metrics        JSON counters
+        GET  /ws             WebSocket: a text message ``{"input": "..."}`` is answered
+                             by one ``{"token", "index"}`` message per output token, then
+                             ``{"event": "done", ...}`` with the whole result; any other
+                             text or binary message is echoed; ``{"close": code,
+                             "reason"?}`` makes the agent close with that code; the code
+                             a peer closes with is logged and echoed
+
+    A thread run from Hangar adds ``"thread": {"id", "state"}`` to the body; the
+    answer then carries the thread's new ``"state"`` (its ``messages`` with this
+    turn's, and ``turns``), and a streamed answer sends ``event: values`` with the
+    state so far (the user's message in) before the tokens and the final state
+    before ``event: done``. Inputs may be text or ``{"messages": [...]}``.
 batch
-    Input from ``AGENT_INPUT_FILE`` or ``AGENT_INPUT`` (plain text, a JSON string, or
-    a JSON object with "input" and optional "thread_id"); prints the result as one
+    Input from ``AGENT_INPUT_FILE`` or ``AGENT_INPUT`` (plain text, a JSON string, a
+    JSON object with "input" and optional "thread_id", or ``{"items": [...]}`` to
+    process many); prints the result (with ``items``, the count processed) as one
     JSON line, writes it to ``AGENT_OUTPUT_FILE`` if set; exits ``AGENT_EXIT_CODE`` (0).
+    With ``TRACEPARENT`` set (W3C trace context), the job's root span ``batch_job``
+    is a child of that span, so the job's trace is the one the control plane chose;
+    it carries ``hangar.job.items``.
 stream
-    Redis Streams consumer group (needs the ``redis`` package): ``STREAM_REDIS_URL``,
-    ``STREAM_NAME``, ``STREAM_GROUP``, ``STREAM_OUTPUT``, ``STREAM_DEADLETTER``,
-    ``STREAM_MAX_DELIVERIES`` (3), ``STREAM_CLAIM_IDLE_MS`` (1000), ``STREAM_BLOCK_MS``
-    (500), ``STREAM_BATCH`` (10), ``STREAM_START_ID`` (0). Also serves /healthz (with
-    ``lag``) and /readyz (ready = connected to Redis) on ``PORT``.
+    ``STREAM_KIND`` ``redis`` (default; a Redis Streams consumer group, needs ``redis``)
+    or ``nats`` (a JetStream durable pull consumer, needs ``nats-py``): ``STREAM_URL``
+    (or ``STREAM_REDIS_URL``), ``STREAM_NAME``, ``STREAM_GROUP`` (the group or durable),
+    ``STREAM_SUBJECTS`` (nats), ``STREAM_OUTPUT``, ``STREAM_DEADLETTER``,
+    ``STREAM_MAX_DELIVERIES`` (3), ``STREAM_CLAIM_IDLE_MS`` (1000, redis),
+    ``STREAM_ACK_WAIT_MS`` (30000, nats), ``STREAM_BLOCK_MS`` (500), ``STREAM_BATCH``
+    (10), ``STREAM_START_ID`` (0, redis). Hangar injects these for a stream deployment.
+    Also serves /healthz (with ``lag``) and /readyz (ready = connected to the broker)
+    on ``PORT``.
 
 Model: an offline deterministic function of the input, never a network call, reported
 under the name ``AGENT_MODEL`` (default gpt-4o-mini, a name genai-prices prices, so demo
 runs show real cost figures); tokens are whitespace-separated words.
 ``AGENT_TOKEN_DELAY_MS`` paces streaming, ``AGENT_LATENCY_MS`` adds latency to every
 invocation.
+
+Rollout knobs (to try canary analysis): ``AGENT_ERROR_RATE`` (0..1) fails that share of
+invocations, spread evenly and deterministically (0.3: the 4th, 7th, 10th… of every ten
+fail with 500 and an error span); ``AGENT_TOKEN_MULTIPLIER`` (1) repeats the output that
+many times, so tokens (and cost) per run grow by it with the same errors and latency.
 
 Tracing: with ``OTEL_EXPORTER_OTLP_ENDPOINT`` set and opentelemetry-sdk plus
 opentelemetry-exporter-otlp-proto-http importable, one ``invoke_agent`` span per
@@ -44,17 +69,23 @@ invocation with a child ``chat <model>`` span carrying GenAI attributes.
 Fault knobs: ``AGENT_SLOW_START_S`` (listening but not ready this long),
 ``AGENT_SLOW_LISTEN_S`` (not even listening this long), ``AGENT_FAIL_READINESS=1``,
 ``AGENT_CRASH_AFTER=N`` (exit ``AGENT_EXIT_CODE``, default 1, after N invocations),
-``AGENT_CRASH_AT_START=1``. ``AGENT_DRAIN_S`` (3) bounds the wait for in-flight work on
-SIGTERM; ``AGENT_LOG_PROBES=1`` also logs /healthz and /readyz requests.
+``AGENT_CRASH_AT_START=1``; in stream mode a message whose input is ``AGENT_POISON``
+("poison"; empty for none) always fails, so it is dead-lettered. ``AGENT_DRAIN_S`` (3)
+bounds the wait for in-flight work on SIGTERM; ``AGENT_LOG_PROBES=1`` also logs /healthz
+and /readyz requests.
 """
 from __future__ import annotations
 
+import asyncio
+import base64
 import contextlib
 import hashlib
 import json
 import os
+import select
 import signal
 import socket
+import struct
 import sys
 import threading
 import time
@@ -158,6 +189,7 @@ class State:
         self.counters = {"requests": 0, "invocations": 0, "errors": 0,
                          "input_tokens": 0, "output_tokens": 0}
         self.invokes_served = 0  # for AGENT_CRASH_AFTER
+        self.attempts = 0  # for AGENT_ERROR_RATE
         self.stream: dict = {}  # stream mode: lag, pending, redis status
 
     def add(self, **deltas: int) -> None:
@@ -172,6 +204,17 @@ class State:
     def leave(self) -> None:
         with self.lock:
             self.inflight -= 1
+
+    def fails_now(self) -> bool:
+        """Whether this invocation fails on purpose (AGENT_ERROR_RATE): exactly
+        floor(n × rate) of the first n invocations fail, evenly spread."""
+        rate = min(max(env_float("AGENT_ERROR_RATE", 0), 0.0), 1.0)
+        if rate <= 0:
+            return False
+        with self.lock:
+            self.attempts += 1
+            n = self.attempts
+        return int(n * rate + 1e-9) > int((n - 1) * rate + 1e-9)
 
     def snapshot(self) -> dict:
         with self.lock:
@@ -309,6 +352,8 @@ def invoke(text: str, thread_id: str | None = None, *, emit=None, kind: str = "S
                 latency = env_float("AGENT_LATENCY_MS", 0) / 1000
                 if latency > 0:
                     time.sleep(latency)
+                if STATE.fails_now():
+                    raise InjectedFailure("injected failure (AGENT_ERROR_RATE)")
                 llm_attrs = {
                     "gen_ai.operation.name": "chat",
                     "gen_ai.system": GEN_AI_SYSTEM,
@@ -316,6 +361,9 @@ def invoke(text: str, thread_id: str | None = None, *, emit=None, kind: str = "S
                 }
                 with TRACING.span(f"chat {MODEL.name}", "CLIENT", None, llm_attrs) as llm:
                     output = MODEL.complete(text)
+                    repeat = max(1, env_int("AGENT_TOKEN_MULTIPLIER", 1))
+                    if repeat > 1:
+                        output = " ".join([output] * repeat)
                     tokens = output.split()
                     if emit is not None:
                         delay = env_float("AGENT_TOKEN_DELAY_MS", 0) / 1000
@@ -341,6 +389,10 @@ def invoke(text: str, thread_id: str | None = None, *, emit=None, kind: str = "S
         STATE.leave()
 
 
+class InjectedFailure(Exception):
+    """A failure AGENT_ERROR_RATE asked for."""
+
+
 def parse_payload(payload) -> tuple[str, str | None]:
     """(input text, thread id) from a decoded JSON payload; ValueError if unusable."""
     if isinstance(payload, str):
@@ -358,11 +410,50 @@ def parse_payload(payload) -> tuple[str, str | None]:
     return text, thread_id
 
 
+# Threads (a thread run from Hangar's gateway) ----------------------------------------------
+
+def thread_of(payload) -> dict | None:
+    """``{"id", "state"}`` of a thread run's body, None for a stateless call."""
+    thread = payload.get("thread") if isinstance(payload, dict) else None
+    if thread is None:
+        return None
+    if not isinstance(thread, dict) or not thread.get("id"):
+        raise ValueError("'thread' must be an object with an 'id'")
+    state = thread.get("state")
+    if state is not None and not isinstance(state, dict):
+        raise ValueError("a thread's 'state' must be an object")
+    return {"id": str(thread["id"]), "state": state or {}}
+
+
+def thread_text(value) -> str:
+    """The words of a thread run's input: a string, or LangGraph's
+    ``{"messages": [...]}`` (the last message's content)."""
+    if isinstance(value, dict) and isinstance(value.get("messages"), list) and value["messages"]:
+        last = value["messages"][-1]
+        value = last.get("content", "") if isinstance(last, dict) else last
+    return value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+
+
+def thread_turn(state: dict, text: str, output: str | None) -> dict:
+    """The thread's new state: its messages with this turn's (the answer once
+    there is one) and the count of turns answered."""
+    messages = [*state.get("messages", []), {"role": "user", "content": text}]
+    turns = int(state.get("turns", 0))
+    if output is not None:
+        messages.append({"role": "assistant", "content": output})
+        turns += 1
+    return {**state, "messages": messages, "turns": turns}
+
+
 # HTTP -----------------------------------------------------------------------------------
 
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "HangarReferenceAgent/1.0"
+    # Headers and body go out in two writes: with Nagle's algorithm the body waited
+    # for the peer's delayed ACK of the headers (40 ms a request on a kept-alive
+    # connection, e.g. the gateway's).
+    disable_nagle_algorithm = True
 
     def log_message(self, format, *args):  # silence the default stderr access log
         pass
@@ -432,16 +523,115 @@ class Handler(BaseHTTPRequestHandler):
                 self._send_json(503, {"status": readiness_reason(), "instance": INSTANCE})
         elif path == "/metrics":
             self._send_json(200, {**STATE.snapshot(), **STATE.stream, "instance": INSTANCE})
+        elif path == "/ws" and "websocket" in self.headers.get("Upgrade", "").lower():
+            self._websocket()
         elif path == "/":
             self._send_json(200, {"agent": AGENT_NAME, "mode": MODE, "model": MODEL.name,
                                   "instance": INSTANCE, "endpoints": [
                                       "GET /healthz", "GET /readyz", "GET /metrics",
-                                      "POST /invoke", "POST /invoke/stream"]})
+                                      "GET /ws", "POST /invoke", "POST /invoke/stream"]})
         elif path in ("/invoke", "/invoke/stream"):
             self._send_json(405, {"detail": "use POST"}, {"Allow": "POST"})
         else:
             self._send_json(404, {"detail": f"no such path: {path}"})
         self._log(started)
+
+    # WebSocket (RFC 6455, just enough: no extensions; fragments joined)
+    def _websocket(self) -> None:
+        key = self.headers.get("Sec-WebSocket-Key", "")
+        if not key:
+            self._send_json(400, {"detail": "no Sec-WebSocket-Key"})
+            return
+        accept = base64.b64encode(hashlib.sha1(
+            (key + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11").encode()).digest()).decode()
+        self.send_response(101)
+        self.send_header("Upgrade", "websocket")
+        self.send_header("Connection", "Upgrade")
+        self.send_header("Sec-WebSocket-Accept", accept)
+        self.end_headers()
+        self.wfile.flush()
+        self._status, self.close_connection = 101, True
+        try:
+            note = self._ws_session()
+        except (BrokenPipeError, ConnectionResetError):
+            note = "ws: the peer went away"
+        log(f"GET /ws {note}")
+
+    def _ws_session(self) -> str:
+        note, parts, kind = "", [], 1
+        while True:
+            frame = self._ws_read()
+            if frame is None:
+                note = "ws: the peer went away"
+                break
+            fin, opcode, data = frame
+            if opcode == 8:  # close: log the peer's code, echo it
+                code = struct.unpack("!H", data[:2])[0] if len(data) >= 2 else None
+                note = f"ws closed by the peer: {code} {data[2:].decode(errors='replace')}"
+                self._ws_send(8, data[:2])
+                break
+            if opcode == 9:
+                self._ws_send(10, data)
+                continue
+            if opcode in (1, 2):
+                kind, parts = opcode, []
+            elif opcode != 0:
+                continue
+            parts.append(data)
+            if not fin:
+                continue
+            message = b"".join(parts)
+            if kind == 2 or not self._ws_command(message):
+                self._ws_send(kind, message)
+            elif self._ws_closed:
+                note = f"ws closed by the agent: {self._ws_closed}"
+                break
+        return note
+
+    _ws_closed = 0
+
+    def _ws_command(self, message: bytes) -> bool:
+        """A JSON command (input to stream, or close); False: echo it."""
+        with contextlib.suppress(ValueError, UnicodeDecodeError):
+            command = json.loads(message)
+            if isinstance(command, dict) and isinstance(command.get("close"), int):
+                self._ws_closed = command["close"]
+                reason = str(command.get("reason", "")).encode()[:120]
+                self._ws_send(8, struct.pack("!H", command["close"]) + reason)
+                while (frame := self._ws_read()) is not None and frame[1] != 8:
+                    pass  # until the peer answers the close
+                return True
+            if isinstance(command, dict) and isinstance(command.get("input"), str):
+                result = invoke(command["input"], emit=lambda index, token: self._ws_send(
+                    1, json.dumps({"token": token, "index": index}).encode()))
+                self._ws_send(1, json.dumps({"event": "done", **result}).encode())
+                return True
+        return False
+
+    def _ws_read(self) -> tuple[bool, int, bytes] | None:
+        head = self.rfile.read(2)
+        if len(head) < 2:
+            return None
+        length = head[1] & 0x7F
+        if length >= 126:
+            size = 2 if length == 126 else 8
+            length = int.from_bytes(self.rfile.read(size), "big")
+        if length > MAX_BODY:
+            return None
+        mask = self.rfile.read(4) if head[1] & 0x80 else b""
+        data = self.rfile.read(length)
+        if mask:
+            key = int.from_bytes((mask * (length // 4 + 1))[:length], "big")
+            data = (int.from_bytes(data, "big") ^ key).to_bytes(length, "big")
+        return bool(head[0] & 0x80), head[0] & 0x0F, data
+
+    def _ws_send(self, opcode: int, data: bytes) -> None:
+        size = len(data)
+        head = bytes([0x80 | opcode]) + (bytes([size]) if size < 126 else
+                                         bytes([126]) + struct.pack("!H", size) if size < 65536
+                                         else bytes([127]) + struct.pack("!Q", size))
+        self.wfile.write(head + data)
+        self.wfile.flush()
 
     def do_POST(self):
         started = time.monotonic()
@@ -473,11 +663,15 @@ class Handler(BaseHTTPRequestHandler):
             self._send_json(400, {"detail": f"bad request: {exc}"})
             return ""
         try:
-            text, thread_id = parse_payload(json.loads(raw or b"null"))
+            payload = json.loads(raw or b"null")
+            text, thread_id = parse_payload(payload)
+            thread = thread_of(payload)
         except (ValueError, UnicodeDecodeError) as exc:
             STATE.add(errors=1)
             self._send_json(400, {"detail": f"bad request: {exc}"})
             return ""
+        if thread is not None:
+            thread_id, text = thread["id"], thread_text(payload.get("input"))
         streaming = path == "/invoke/stream" or "text/event-stream" in self.headers.get(
             "Accept", "")
         carrier = {k.lower(): v for k, v in self.headers.items()}
@@ -488,44 +682,78 @@ class Handler(BaseHTTPRequestHandler):
                 STATE.add(errors=1)
                 self._send_json(500, {"detail": f"invocation failed: {exc}"})
                 return ""
+            if thread is not None:
+                result["state"] = thread_turn(thread["state"], text, result["output"])
             self._send_json(200, result)
             usage = result["usage"]
             return f"in={usage['input_tokens']} out={usage['output_tokens']}"
 
+        # HTTP/1.1: chunked, and the connection stays open for the caller's next
+        # request (a gateway's keep-alive pool); HTTP/1.0: the end is the close.
+        chunked = self.request_version == "HTTP/1.1"
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream")
         self.send_header("Cache-Control", "no-cache")
         self.send_header("X-Accel-Buffering", "no")
-        self.send_header("Connection", "close")
+        if chunked:
+            self.send_header("Transfer-Encoding", "chunked")
+        else:
+            self.send_header("Connection", "close")
+            self.close_connection = True
         self.end_headers()
-        self.close_connection = True
         self._status = 200
 
-        def emit(index: int, token: str) -> None:
-            data = json.dumps({"token": token, "index": index})
-            self.wfile.write(f"data: {data}\n\n".encode())
-            self.wfile.flush()
+        def send(event: str | None, data) -> None:
+            if self._caller_gone():  # the caller hung up (an interrupted thread run)
+                raise BrokenPipeError("the caller closed the connection")
+            text = (f"event: {event}\n" if event else "") + f"data: {json.dumps(data)}\n\n"
+            raw = text.encode()
+            self.wfile.write(b"%x\r\n%s\r\n" % (len(raw), raw) if chunked else raw)
 
         try:
-            result = invoke(text, thread_id, emit=emit, carrier=carrier)
-            self.wfile.write(f"event: done\ndata: {json.dumps(result)}\n\n".encode())
-            self.wfile.flush()
+            if thread is not None:  # the state so far: the user's message is in
+                send("values", thread_turn(thread["state"], text, None))
+            result = invoke(text, thread_id, carrier=carrier, emit=lambda index, token: send(
+                None, {"token": token, "index": index}))
+            if thread is not None:
+                result["state"] = thread_turn(thread["state"], text, result["output"])
+                send("values", result["state"])
+            send("done", result)
+            if chunked:
+                self.wfile.write(b"0\r\n\r\n")
         except (BrokenPipeError, ConnectionResetError):
             STATE.add(errors=1)
+            self.close_connection = True
             return "stream=1 client went away"
         except Exception as exc:
             STATE.add(errors=1)
+            self.close_connection = True
             with contextlib.suppress(OSError):
-                payload = json.dumps({"detail": f"invocation failed: {exc}"})
-                self.wfile.write(f"event: error\ndata: {payload}\n\n".encode())
+                send("error", {"detail": f"invocation failed: {exc}"})
+                if chunked:
+                    self.wfile.write(b"0\r\n\r\n")
             return "stream=1 failed"
         usage = result["usage"]
         return f"stream=1 in={usage['input_tokens']} out={usage['output_tokens']}"
 
 
+    def _caller_gone(self) -> bool:
+        """The caller closed its end: readable with nothing to read (it sends nothing
+        else while an answer is streamed to it), or reset."""
+        try:
+            readable, _, _ = select.select([self.connection], [], [], 0)
+            return bool(readable) and self.connection.recv(1, socket.MSG_PEEK) == b""
+        except OSError:
+            return True
+
+
 class Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
+    # socketserver's default listen backlog is 5: a burst of new connections (a
+    # gateway opening its pool, a thousand streams at once) overflowed it, and each
+    # dropped SYN cost the caller a 1 s (then 3 s) retransmit.
+    request_queue_size = 1024
 
 
 def readiness_reason() -> str:
@@ -535,8 +763,9 @@ def readiness_reason() -> str:
         return "failing readiness on purpose (AGENT_FAIL_READINESS)"
     if not STATE.ready:
         return "starting"
-    if MODE == "stream" and STATE.stream.get("redis") != "connected":
-        return f"redis: {STATE.stream.get('redis', 'not connected')}"
+    kind = STATE.stream.get("kind", "redis")
+    if MODE == "stream" and STATE.stream.get(kind) != "connected":
+        return f"{kind}: {STATE.stream.get(kind, 'not connected')}"
     return "ready"
 
 
@@ -598,7 +827,11 @@ def run_realtime() -> int:
     return 0
 
 
-def read_batch_input() -> tuple[str, str | None]:
+def read_batch_input() -> tuple[list[str], str | None, bool]:
+    """(the texts to process, thread id, whether the input was a list of items).
+
+    ``{"items": [...]}`` is a job of many items, each processed once; anything
+    else (plain text, a JSON string, ``{"input": ..., "thread_id"?: ...}``) is one."""
     path = os.environ.get("AGENT_INPUT_FILE")
     if path:
         with open(path, encoding="utf-8") as fh:
@@ -608,22 +841,56 @@ def read_batch_input() -> tuple[str, str | None]:
     try:
         payload = json.loads(raw)
     except ValueError:
-        return raw, None
+        return [raw], None, False
+    if isinstance(payload, dict) and isinstance(payload.get("items"), list):
+        thread_id = payload.get("thread_id")
+        return ([item if isinstance(item, str) else json.dumps(item, sort_keys=True)
+                 for item in payload["items"]],
+                None if thread_id is None else str(thread_id), True)
     if isinstance(payload, dict) and "input" in payload:
-        return parse_payload(payload)
+        text, thread_id = parse_payload(payload)
+        return [text], thread_id, False
     if isinstance(payload, str):
-        return payload, None
-    return raw, None
+        return [payload], None, False
+    return [raw], None, False
+
+
+def batch_parent() -> dict | None:
+    """The W3C trace context the control plane gives the job (``TRACEPARENT``,
+    ``TRACESTATE``): the job's root span belongs to that trace, so its spans
+    link to the job run that started it."""
+    carrier = {key.lower(): os.environ[key] for key in ("TRACEPARENT", "TRACESTATE")
+               if os.environ.get(key, "").strip()}
+    return carrier if "traceparent" in carrier else None
 
 
 def run_batch() -> int:
     try:
-        text, thread_id = read_batch_input()
+        texts, thread_id, many = read_batch_input()
     except OSError as exc:
         print(f"batch: cannot read AGENT_INPUT_FILE: {exc}", file=sys.stderr, flush=True)
         return exit_code(2)
     started = time.monotonic()
-    result = invoke(text, thread_id, kind="INTERNAL")
+    attributes = {"gen_ai.agent.name": AGENT_NAME, "hangar.instance": INSTANCE,
+                  "hangar.job.items": len(texts)}
+    # One root span for the job (a child of TRACEPARENT's span when given), one
+    # invoke_agent span per item under it; the root reports the items processed.
+    with TRACING.span("batch_job", "INTERNAL", batch_parent(), attributes) as root:
+        try:
+            results = [invoke(text, thread_id, kind="INTERNAL") for text in texts]
+        except Exception as exc:
+            TRACING.error(root, exc)
+            raise
+    if many:
+        result = {"outputs": [r["output"] for r in results], "model": MODEL.name,
+                  "usage": {key: sum(r["usage"][key] for r in results)
+                            for key in ("input_tokens", "output_tokens")},
+                  "instance": INSTANCE}
+        if thread_id is not None:
+            result["thread_id"] = thread_id
+    else:
+        result = results[0]
+    result["items"] = len(texts)
     result["duration_ms"] = round((time.monotonic() - started) * 1000, 3)
     line = json.dumps(result)
     print(line, flush=True)
@@ -648,7 +915,8 @@ class StreamConsumer:
 
     def __init__(self, redis_module):
         self.redis = redis_module
-        self.url = env_str("STREAM_REDIS_URL", "redis://127.0.0.1:6379/0")
+        self.url = env_str("STREAM_URL") or env_str("STREAM_REDIS_URL",
+                                                    "redis://127.0.0.1:6379/0")
         self.stream = env_str("STREAM_NAME", "agent-input")
         self.group = env_str("STREAM_GROUP", "agents")
         self.output = env_str("STREAM_OUTPUT", f"{self.stream}:output")
@@ -663,7 +931,7 @@ class StreamConsumer:
         self.cursor = "0-0"
         self.autoclaim = True
         self.last_lag = 0.0
-        STATE.stream = {"lag": None, "pending": None, "redis": "connecting",
+        STATE.stream = {"lag": None, "pending": None, "redis": "connecting", "kind": "redis",
                         "stream": self.stream, "group": self.group}
 
     def connect(self) -> None:
@@ -790,7 +1058,7 @@ class StreamConsumer:
         try:
             if text is None:
                 raise ValueError("message has no 'input' field")
-            if text == "poison":
+            if text == os.environ.get("AGENT_POISON", "poison"):  # "" after the fix: none
                 raise PoisonMessage("poison message")
             result = invoke(text, fields.get("thread_id"), kind="CONSUMER", carrier=fields,
                             extra={"messaging.system": "redis",
@@ -834,14 +1102,170 @@ class StreamConsumer:
             f"after {deliveries} deliveries: {exc}")
 
 
+class NatsConsumer:
+    """One member of a JetStream durable pull consumer, with dead-lettering.
+
+    Fetches up to ``STREAM_BATCH`` messages at once; each is acknowledged after
+    its output is published (a consumer killed mid-message leaves it
+    unacknowledged: JetStream redelivers it after ``STREAM_ACK_WAIT_MS``, to
+    whichever replica fetches next); a failure is redelivered at once (NAK) until
+    its ``STREAM_MAX_DELIVERIES``-th delivery, which publishes it to the
+    dead-letter subject with its error and delivery count and terminates it.
+    The input is the message body (plain text, or JSON with "input")."""
+
+    def __init__(self, nats_module):
+        self.nats = nats_module
+        self.url = env_str("STREAM_URL", "nats://127.0.0.1:4222")
+        self.stream = env_str("STREAM_NAME", "AGENT_INPUT")
+        self.durable = env_str("STREAM_GROUP", "agents")
+        self.subjects = [x for x in env_str("STREAM_SUBJECTS").split(",") if x] \
+            or [f"{self.stream.lower()}.in"]
+        self.output = env_str("STREAM_OUTPUT", f"{self.stream}-output")
+        self.deadletter = env_str("STREAM_DEADLETTER", f"{self.stream}-deadletter")
+        self.max_deliveries = max(1, env_int("STREAM_MAX_DELIVERIES", 3))
+        self.ack_wait_s = max(1, env_int("STREAM_ACK_WAIT_MS", 30000)) / 1000
+        self.block_s = max(1, env_int("STREAM_BLOCK_MS", 500)) / 1000
+        self.batch = max(1, env_int("STREAM_BATCH", 10))
+        self.last_lag = 0.0
+        STATE.stream = {"lag": None, "pending": None, "nats": "connecting", "kind": "nats",
+                        "stream": self.stream, "group": self.durable}
+
+    def run(self) -> None:
+        asyncio.run(self._main())
+
+    async def _main(self) -> None:
+        backoff = 0.5
+        while not STATE.stopping:
+            nc = None
+            try:
+                nc = await asyncio.wait_for(self.nats.connect(
+                    servers=self.url.split(","), allow_reconnect=False,
+                    max_reconnect_attempts=0, connect_timeout=3,
+                    error_cb=self._quiet), timeout=5)
+                js = nc.jetstream(timeout=5)
+                await self._ensure(js)
+                sub = await js.pull_subscribe_bind(self.durable, self.stream)
+                self._lost("connected", quiet=STATE.stream.get("nats") == "connected")
+                log(f"consuming {self.stream} as {self.durable}")
+                backoff = 0.5
+                while not STATE.stopping and nc.is_connected:
+                    await self._round(js, sub)
+            except Exception as exc:  # noqa: BLE001  (any broker error: reconnect)
+                self._lost(f"unreachable: {exc or type(exc).__name__}")
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+            finally:
+                if nc is not None:
+                    with contextlib.suppress(Exception):
+                        await nc.close()
+
+    @staticmethod
+    async def _quiet(exc) -> None:
+        pass
+
+    def _lost(self, why: str, quiet: bool = False) -> None:
+        if STATE.stream.get("nats") != why and not quiet:
+            log(f"nats {why}")
+        STATE.stream["nats"] = why
+
+    async def _ensure(self, js) -> None:
+        from nats.js.api import AckPolicy, ConsumerConfig, StreamConfig
+        from nats.js.errors import NotFoundError
+        for name, subjects in ((self.stream, self.subjects), (self.output, [self.output]),
+                               (self.deadletter, [self.deadletter])):
+            if not name:
+                continue
+            try:
+                await js.stream_info(name)
+            except NotFoundError:
+                await js.add_stream(StreamConfig(name=name, subjects=subjects))
+        try:
+            await js.consumer_info(self.stream, self.durable)
+        except NotFoundError:
+            await js.add_consumer(self.stream, ConsumerConfig(
+                durable_name=self.durable, ack_policy=AckPolicy.EXPLICIT,
+                ack_wait=self.ack_wait_s, max_deliver=-1))
+
+    async def _round(self, js, sub) -> None:
+        try:
+            msgs = await sub.fetch(self.batch, timeout=self.block_s)
+        except (TimeoutError, self.nats.errors.TimeoutError):
+            msgs = []
+        for msg in msgs:
+            if STATE.stopping:
+                return  # unacknowledged: redelivered to another replica
+            await self.process(js, msg)
+        now = time.monotonic()
+        if now - self.last_lag >= 1.0:
+            self.last_lag = now
+            info = await js.consumer_info(self.stream, self.durable)
+            STATE.stream["pending"] = info.num_ack_pending
+            STATE.stream["lag"] = info.num_pending + info.num_ack_pending
+
+    async def process(self, js, msg) -> None:
+        started = time.monotonic()
+        meta = msg.metadata
+        seq, deliveries = meta.sequence.stream, meta.num_delivered
+        body = msg.data.decode("utf-8", "replace")
+        try:
+            try:
+                payload = json.loads(body)
+            except ValueError:
+                payload = body
+            text, thread_id = parse_payload(payload)
+            if text == "poison":
+                raise PoisonMessage("poison message")
+            result = invoke(text, thread_id, kind="CONSUMER", carrier=dict(msg.headers or {}),
+                            extra={"messaging.system": "nats",
+                                   "messaging.destination.name": msg.subject,
+                                   "messaging.message.id": str(seq)})
+        except Exception as exc:  # noqa: BLE001  (the message failed, not the consumer)
+            STATE.add(errors=1)
+            await self.failed(js, msg, body, seq, deliveries, exc)
+            return
+        if self.output:
+            await js.publish(self.output, json.dumps({
+                "input": text, "output": result["output"], "source_seq": seq,
+                "instance": INSTANCE, "model": result["model"],
+                "input_tokens": result["usage"]["input_tokens"],
+                "output_tokens": result["usage"]["output_tokens"]}).encode())
+        await msg.ack_sync()
+        took = (time.monotonic() - started) * 1000
+        log(f"FETCH {self.stream} {seq} ok {took:.1f}ms delivery={deliveries}")
+        STATE.served_one()
+
+    async def failed(self, js, msg, body: str, seq: int, deliveries: int, exc) -> None:
+        if deliveries < self.max_deliveries:
+            log(f"FETCH {self.stream} {seq} failed (delivery {deliveries}/"
+                f"{self.max_deliveries}): {exc}; redelivered")
+            await msg.nak()
+            return
+        await js.publish(self.deadletter, msg.data, headers={
+            "Hangar-Source-Stream": self.stream, "Hangar-Source-Seq": str(seq),
+            "Hangar-Source-Subject": msg.subject, "Hangar-Group": self.durable,
+            "Hangar-Error": (str(exc) or type(exc).__name__)[:1000],
+            "Hangar-Deliveries": str(deliveries), "Hangar-Instance": INSTANCE})
+        await msg.term()
+        log(f"FETCH {self.stream} {seq} dead-lettered to {self.deadletter} "
+            f"after {deliveries} deliveries: {exc}")
+
+
 def run_stream() -> int:
+    kind = env_str("STREAM_KIND", "redis").strip().lower()
+    package = {"redis": "redis", "nats": "nats"}.get(kind)
+    if package is None:
+        print(f"unknown STREAM_KIND {kind!r}: use redis or nats", file=sys.stderr, flush=True)
+        return 2
     try:
-        import redis
+        module = __import__(package)
+        if kind == "nats":
+            import nats.errors  # noqa: F401
     except ImportError:
-        print("stream mode needs the 'redis' package: pip install redis", file=sys.stderr,
+        print(f"stream mode needs the '{'nats-py' if kind == 'nats' else 'redis'}' package: "
+              f"pip install {'nats-py' if kind == 'nats' else 'redis'}", file=sys.stderr,
               flush=True)
         return 2
-    consumer = StreamConsumer(redis)
+    consumer = StreamConsumer(module) if kind == "redis" else NatsConsumer(module)
     server = start_http()
     threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2},
                      name="http", daemon=True).start()

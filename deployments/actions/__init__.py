@@ -11,11 +11,22 @@ here. One module per job, all re-exported here so callers write
 - ``teams``: teams, members, policy and users;
 - ``registry``: agents, versions and targets;
 - ``deployments``: desired state — create, update, scale, restart, roll back, delete;
-- ``secrets`` and ``tokens``: team secrets and API tokens.
+- ``secrets`` and ``tokens``: team secrets and API tokens;
+- ``streams``: a stream deployment's dead letters — replay and purge;
+- ``batch``: a batch deployment's schedules and job runs.
 """
 from __future__ import annotations
 
 from .base import apply_changes, schedule_reconcile, validated_save
+from .batch import (
+    cancel_job_run,
+    create_schedule,
+    delete_schedule,
+    resume_schedule,
+    suspend_schedule,
+    trigger_schedule,
+    update_schedule,
+)
 from .deployments import (
     SETTING_CHANGES,
     SPEC_CHANGES,
@@ -37,6 +48,7 @@ from .registry import (
     update_target,
 )
 from .secrets import create_secret, delete_secret, update_secret
+from .streams import purge_dead_letters, replay_dead_letters
 from .teams import (
     USER_FIELDS,
     USER_RELATIONS,
@@ -62,11 +74,14 @@ from .tokens import (
 
 __all__ = [
     "SETTING_CHANGES", "SPEC_CHANGES", "TOKEN_PREFIX", "USER_FIELDS", "USER_RELATIONS",
-    "add_member", "apply_changes", "authenticate_token", "change_member_role",
+    "add_member", "apply_changes", "authenticate_token", "cancel_job_run", "change_member_role",
+    "create_schedule", "delete_schedule", "resume_schedule", "suspend_schedule",
+    "trigger_schedule", "update_schedule",
     "create_agent", "create_deployment", "create_secret", "create_target", "create_team",
     "create_token", "create_user", "create_version", "delete_agent", "delete_deployment",
     "delete_secret", "delete_target", "delete_team", "delete_user", "delete_version",
-    "hash_token_secret", "remove_member", "restart_deployment", "revoke_token",
+    "hash_token_secret", "purge_dead_letters", "remove_member", "replay_dead_letters",
+    "restart_deployment", "revoke_token",
     "rollback_deployment", "scale_deployment", "schedule_reconcile", "set_user_password",
     "update_agent", "update_deployment", "update_policy", "update_secret", "update_target",
     "update_team", "update_user", "validated_save",

@@ -23,6 +23,7 @@ from ..models import (
     Target,
 )
 from .base import apply_changes, schedule_reconcile, team_policy, validated_save
+from .batch import deployment_state_changed, sync_schedules
 
 SPEC_CHANGES = {"version", "replicas", "state", "autoscale_min", "autoscale_max",
                 "autoscale_signal", "autoscale_target", "rollout_strategy"}
@@ -94,6 +95,7 @@ def create_deployment(agent: Agent, *, version: AgentVersion, target: Target, ac
     deployment.ingest_token = f"{deployment.pk}.{pysecrets.token_urlsafe(32)}"
     deployment.save(update_fields=["ingest_token"])
     revisions.record(deployment, actor=actor, cause="created")
+    sync_schedules(deployment, actor)
     audit.record(actor, "deployment.create", deployment, after=audit.snapshot(deployment))
     schedule_reconcile(deployment.pk)
     return deployment
@@ -123,8 +125,11 @@ def update_deployment(deployment: Deployment, *, actor: Actor, **changes) -> Dep
     deployment.refresh_from_db()
     if "version" in changed:
         revisions.record(deployment, actor=actor, cause=f"version v{deployment.version.number}")
+        sync_schedules(deployment, actor)
     elif "revision_history_limit" in changed:
         revisions.prune(deployment)
+    if "state" in changed:
+        deployment_state_changed(deployment, before["state"], actor)
     audit.record(actor, _deployment_action(changed, deployment), deployment,
                  before=before, after=audit.snapshot(deployment))
     if not spec_changed:
@@ -222,6 +227,7 @@ def rollback_deployment(deployment: Deployment, *, actor: Actor,
     deployment.refresh_from_db()
     made = revisions.record(deployment, actor=actor, version=version,
                             cause=f"rollback to revision {chosen.number}")
+    sync_schedules(deployment, actor)
     audit.record(actor, "deployment.rollback", deployment, before=before,
                  after={**audit.snapshot(deployment), "rolled_back_to": chosen.number,
                         "revision_number": made.number if made else None})

@@ -11,7 +11,7 @@ from .common import Page, actor_of, router
 
 # isort: off
 # Registering the routes, in the order the OpenAPI document lists them.
-from . import teams, registry, deployments, governance  # noqa: F401
+from . import teams, registry, deployments, governance, streams, schedules  # noqa: F401
 # isort: on
 
 __all__ = ["Page", "actor_of", "router"]

@@ -1,5 +1,5 @@
 """Autoscaling signals, registered by name (``Deployment.autoscale_signal``)
-and loaded lazily; ``lag`` arrives with the stream pattern.
+and loaded lazily; ``lag`` is measured at the stream's broker (``lag.py``).
 
 A signal turns the latest per-instance observations into one number per
 replica (``base.Signal``); ``scaler.autoscale`` decides HPA-style and acts
@@ -14,6 +14,7 @@ from .base import Signal
 SIGNALS: dict[str, str] = {
     "cpu": "deployments.autoscaling.cpu.CpuSignal",
     "inflight": "deployments.autoscaling.inflight.InflightSignal",
+    "lag": "deployments.autoscaling.lag.LagSignal",
 }
 
 _loaded: dict[str, Signal] = {}

@@ -11,11 +11,24 @@ through this package; its app label is ``deployments``):
 - ``deployments``: deployments, revisions, health;
 - ``observed``: instances, deployment events, chart samples;
 - ``credentials``: secrets and API tokens;
-- ``auditlog``: the append-only audit log.
+- ``auditlog``: the append-only audit log;
+- ``batch``: a batch deployment's schedules and their job runs;
+- ``streams``: a stream deployment's lag samples.
 """
 from __future__ import annotations
 
 from .auditlog import AppendOnlyError, AuditEvent, AuditQuerySet
+from .batch import (
+    ACTIVE_JOB_STATUSES,
+    FINISHED_JOB_STATUSES,
+    ConcurrencyPolicy,
+    JobRun,
+    JobStatus,
+    JobTrigger,
+    Schedule,
+    ScheduleOrigin,
+    SuspendedReason,
+)
 from .credentials import SCOPE_ROLE, ApiToken, Secret, TokenScope
 from .deployments import (
     HEALTH_SEVERITY,
@@ -29,14 +42,17 @@ from .deployments import (
 )
 from .observed import DeploymentEvent, DeploymentSample, Instance, InstancePhase
 from .registry import Agent, AgentVersion, ImmutableError, Pattern, Target, TargetKind
+from .streams import StreamSample
 from .teams import ROLE_RANK, Membership, Policy, Role, Team
 from .validators import name_validator, slug_validator
 
 __all__ = [
+    "ACTIVE_JOB_STATUSES", "FINISHED_JOB_STATUSES", "ConcurrencyPolicy", "JobRun", "JobStatus",
+    "JobTrigger", "Schedule", "ScheduleOrigin", "SuspendedReason",
     "HEALTH_SEVERITY", "ROLE_RANK", "SCOPE_ROLE",
     "Agent", "AgentVersion", "ApiToken", "AppendOnlyError", "AuditEvent", "AuditQuerySet",
     "AutoscaleSignal", "Deployment", "DeploymentEvent", "DeploymentSample", "DeploymentState",
     "Health", "ImmutableError", "Instance", "InstancePhase", "Membership", "Pattern", "Policy",
-    "Revision", "Role", "RolloutStrategy", "Secret", "Target", "TargetKind", "Team",
+    "Revision", "Role", "RolloutStrategy", "Secret", "StreamSample", "Target", "TargetKind", "Team",
     "TokenScope", "name_validator", "slug_validator", "worst_health",
 ]

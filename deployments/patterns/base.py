@@ -10,8 +10,11 @@ by name, like a runtime driver by kind, and loaded lazily. It contributes:
   long-running replicas, and for drivers that manage replicas themselves, the
   extra parts of the whole-deployment spec such as a schedule);
 * :meth:`Pattern.autoscaling_signal` — which autoscaler signal drives it;
+* :meth:`Pattern.measure` — a reading of what it watches outside the runtime
+  (a stream's lag), and :meth:`Pattern.instance_env` — what instances are given;
 * :meth:`Pattern.instance_health` and :meth:`Pattern.rollup` — its health rules;
-* ``panels`` — the sections its deployment page shows.
+* ``panels`` — the sections it adds to its deployment page (names registered in
+  ``deployments.views.panels.PANELS``), after the sections every deployment has.
 
 Nothing outside this package branches on the pattern's name.
 """
@@ -60,6 +63,18 @@ class Verdict:
     requeue_in: float | None = None  # the pass wants another look this soon
 
 
+@dataclass(frozen=True)
+class GatewayOptions:
+    """What the gateway needs of a version it serves."""
+
+    request_timeout_s: float = 15 * 60
+    concurrency: int | None = None  # requests in flight per replica (None: unlimited)
+    # Scale to zero after this many idle seconds (None: never); a request arriving
+    # at zero is held up to ``cold_start_wait_s`` while the first replica starts.
+    scale_to_zero_after_s: int | None = None
+    cold_start_wait_s: float = 120
+
+
 class Pattern:
     """Contract; ``service.ServicePattern`` is the long-running implementation."""
 
@@ -67,8 +82,15 @@ class Pattern:
     settings_schema: ClassVar[type[PatternSettings]] = PatternSettings
     # Autoscaler signals (deployments.autoscaling registry names) this pattern accepts.
     autoscaling_signals: ClassVar[tuple[str, ...]] = ()
-    # Sections of the deployment page, in order (template partial names).
+    # Sections this pattern adds to the deployment page, in order (names registered
+    # in deployments.views.panels.PANELS; the status, charts, logs, revisions and
+    # timeline sections every deployment has are not listed).
     panels: ClassVar[tuple[str, ...]] = ()
+    # Its deployments have schedules that fire jobs (deployments.batch).
+    fires_jobs: ClassVar[bool] = False
+    # Its deployments are measured outside the runtime every polling interval
+    # (``measure``, ``polling_s``, ``reading_due_at``): a stream's lag.
+    measures: ClassVar[bool] = False
 
     def validate_settings(self, data: dict[str, Any] | None) -> dict[str, Any]:
         """The settings as stored (only what was given), or Unprocessable (422)
@@ -93,9 +115,38 @@ class Pattern:
     def desired(self, deployment, version, *, features) -> Desired:
         raise NotImplementedError
 
+    def gateway(self, version) -> GatewayOptions | None:
+        """How the gateway (``gateway/``) serves this pattern's deployments at
+        ``/gw/<team>/<agent>/<environment>/``; None: not behind the gateway."""
+        return None
+
+    def schedule_specs(self, version) -> list:
+        """The schedules a version's settings declare (``patterns.batch.ScheduleSpec``)."""
+        return []
+
     def autoscaling_signal(self, deployment) -> str | None:
         signal = deployment.autoscale_signal
         return signal if signal in self.autoscaling_signals else None
+
+    def measure(self, deployment, *, force: bool = False):
+        """Read what the pattern watches outside the runtime (a stream's lag,
+        from its broker) when a reading is due; called after each pass, outside
+        the reconcile lock. None: nothing read."""
+        return None
+
+    def polling_s(self, version) -> float | None:
+        """How often ``measure`` wants to read (None: it reads nothing)."""
+        return None
+
+    def reading_due_at(self, deployment) -> float | None:
+        """When the next reading is due (unix time; None: none wanted)."""
+        return None
+
+    def instance_env(self, deployment, version, *, secrets: dict[str, str]
+                     ) -> tuple[dict[str, str], set[str]]:
+        """Environment the pattern gives each instance, and which of its names
+        are secret (on Kubernetes they go to the Secret object)."""
+        return {}, set()
 
     def instance_health(self, *, runtime, probe, age_s: float, deadline_s: float) -> Verdict:
         raise NotImplementedError

@@ -21,8 +21,6 @@ class ServicePattern(Pattern):
     name: ClassVar[str] = "service"
     settings_schema: ClassVar[type[PatternSettings]] = ServiceSettings
     autoscaling_signals: ClassVar[tuple[str, ...]] = ("cpu", "inflight")
-    panels: ClassVar[tuple[str, ...]] = ("status", "charts", "instances", "runs", "cost",
-                                         "timeline")
 
     def desired(self, deployment, version, *, features) -> Desired:
         replicas = deployment.replicas if deployment.state == DeploymentState.ACTIVE else 0

@@ -18,6 +18,7 @@ from ..models import AgentVersion, Deployment, DeploymentEvent, Instance, Target
 from ..patterns import Pattern, get_pattern
 from ..runtimes import RuntimeFailure, get_driver
 from ..runtimes.base import Runtime
+from ..traffic import Split
 
 log = logging.getLogger("deployments.reconciler")
 PARALLEL_PER_TARGET = 4  # concurrent driver calls per target (a daemon serialises some)
@@ -56,6 +57,7 @@ class Pass:
     now: datetime = field(default_factory=timezone.now)
     events: list[DeploymentEvent] = field(default_factory=list)
     requeue_in: float | None = None
+    split: Split | None = None  # a rollout in charge of what runs (deployments.traffic)
 
     @classmethod
     def open(cls, deployment: Deployment, targets: list[Target]) -> Pass:
@@ -83,7 +85,10 @@ class Pass:
     # What instances should run (the revision seam) -------------------------------
     def is_current(self, row: Instance) -> bool:
         """Whether ``row`` runs the deployment's current revision and was
-        created after its last restart (else the rollout replaces it)."""
+        created after its last restart (else the rollout replaces it), or
+        runs a revision a rollout keeps (``split``)."""
+        if self.split is not None and row.revision_id in self.split.others:
+            return True
         return not revisions.outdated(row, self.deployment)
 
     def replaced_because(self, old: list[Instance]) -> str:

@@ -4,7 +4,8 @@ launch every instance that should run, concurrently across and within
 targets."""
 from __future__ import annotations
 
-from ..models import Health, Instance, InstancePhase, RolloutStrategy
+from .. import drain, traffic
+from ..models import Health, Instance, InstancePhase, Revision, RolloutStrategy
 from ..runtimes import RuntimeFailure
 from . import restarts
 from .context import Pass
@@ -21,6 +22,9 @@ def removal_order(row: Instance):
 
 def converge(run: Pass, rows: list[Instance], desired: int) -> list[Instance]:
     d = run.deployment
+    run.split = traffic.split_for(d, desired)
+    if run.split is not None:
+        return converge_split(run, rows, run.split)
     current = [r for r in rows if run.is_current(r)]
     old = [r for r in rows if not run.is_current(r)]
     if old:
@@ -38,6 +42,41 @@ def converge(run: Pass, rows: list[Instance], desired: int) -> list[Instance]:
         rows = remove(run, rows, doomed, f"scaled down to {desired}")
     elif len(current) < desired:
         rows = rows + create_rows(run, desired - len(current), rows)
+    launch(run, rows)
+    return rows
+
+
+def converge_split(run: Pass, rows: list[Instance], split: traffic.Split) -> list[Instance]:
+    """A rollout is in charge (``deployments.traffic``): run ``split.current``
+    instances of the current revision and ``split.others[r]`` of each revision
+    ``r`` it keeps; remove everything else."""
+    d = run.deployment
+    run.requeue(split.requeue_in)
+    kept = {r.pk: r for r in Revision.objects.select_related("version")
+            .filter(deployment=d, pk__in=list(split.others))}
+    wanted = {d.revision_id: split.current, **{pk: n for pk, n in split.others.items()
+                                              if pk in kept}}
+    groups: dict[int, list[Instance]] = {pk: [] for pk in wanted}
+    strays = []
+    for row in rows:
+        if row.revision_id == d.revision_id and not run.is_current(row):
+            strays.append(row)  # created before a restart
+        elif row.revision_id in groups:
+            groups[row.revision_id].append(row)
+        else:
+            strays.append(row)
+    if strays:
+        rows = remove(run, rows, strays, run.replaced_because(strays))
+    for pk, want in wanted.items():
+        have = [r for r in rows if r.revision_id == pk and r not in strays]
+        number = d.revision.number if pk == d.revision_id else kept[pk].number
+        if len(have) > want:
+            doomed = sorted(have, key=removal_order)[: len(have) - want]
+            rows = remove(run, rows, doomed, f"rollout: revision {number} down to {want}")
+        elif len(have) < want:
+            fields = None if pk == d.revision_id else {"version": kept[pk].version or d.version,
+                                                       "revision": kept[pk]}
+            rows = rows + create_rows(run, want - len(have), rows, fields)
     launch(run, rows)
     return rows
 
@@ -99,6 +138,9 @@ def remove(run: Pass, rows: list[Instance], doomed: list[Instance], why: str) ->
     """Remove ``doomed`` instances (concurrently); the rows that are left."""
     work = [r for r in doomed if r.target_id in run.drivers and r.target_id not in
             run.unreachable]
+    # Graceful drain (#13): the gateway stops choosing these, their requests finish.
+    if run.pattern.gateway(run.deployment.version) is not None:
+        drain.before_remove(run.deployment, work)
 
     def stop(row: Instance):
         try:

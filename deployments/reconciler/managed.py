@@ -27,6 +27,7 @@ def run_managed(run: Pass) -> str:
         return health.write(run, Verdict(Health.DEGRADED if exc.permanent else Health.UNKNOWN,
                                          str(exc), requeue_in=None if exc.permanent else 5))
     versions = {str(v.number): v for v in d.agent.versions.all()}
+    revisions = {str(r.number): r for r in d.revisions.select_related("version")}
     rows = {r.name: r for r in Instance.objects.filter(deployment=d)}
     for unit in units:
         row = rows.pop(unit.name, None) or Instance(deployment=d, name=unit.name,
@@ -36,8 +37,13 @@ def run_managed(run: Pass) -> str:
         row.version = adopted.pop("version") or row.version
         for name, value in adopted.items():  # e.g. the revision
             setattr(row, name, value or getattr(row, name))
-        row.generation, row.restarts, row.started_at = unit.generation, unit.restarts, \
-            unit.started_at
+        if unit.revision in revisions:  # labelled (two revisions run during a rollout)
+            row.revision = revisions[unit.revision]
+            row.version = row.revision.version or row.version
+        # Pods carry no generation (a scale would roll them): the one they
+        # were last seen under.
+        row.generation = unit.generation or d.generation
+        row.restarts, row.started_at = unit.restarts, unit.started_at
         row.phase = unit.phase
         judgement = driver.judge(unit)
         row.health = JUDGED.get(judgement.health, Health.PROGRESSING)

@@ -21,8 +21,10 @@ def eligible_targets(deployment: Deployment) -> list[Target]:
     return deployment.eligible_targets()
 
 
-def create_rows(run: Pass, count: int, rows: list[Instance]) -> list[Instance]:
-    """Write-ahead: commit rows (name, target, port) before creating objects."""
+def create_rows(run: Pass, count: int, rows: list[Instance],
+                fields: dict | None = None) -> list[Instance]:
+    """Write-ahead: commit rows (name, target, port) before creating objects.
+    ``fields`` (version, revision) default to the deployment's current ones."""
     placed = {tid: 0 for tid in run.reachable()}
     if not placed:
         return []
@@ -37,17 +39,18 @@ def create_rows(run: Pass, count: int, rows: list[Instance]) -> list[Instance]:
     for _ in range(count):
         target_id = min(placed, key=lambda t: (placed[t], load.get(t, 0), run.targets[t].name))
         placed[target_id] += 1
-        new_rows.append(_new_row(run, target_id, ports))
+        new_rows.append(_new_row(run, target_id, ports, fields))
     run.event("Scaled", f"creating {count} instance(s) to reach {run.deployment.replicas} "
               f"replica(s): {', '.join(r.name for r in new_rows)}")
     return new_rows
 
 
-def _new_row(run: Pass, target_id: int, ports: PortBook | None) -> Instance:
+def _new_row(run: Pass, target_id: int, ports: PortBook | None,
+             fields: dict | None = None) -> Instance:
     d = run.deployment
     for _attempt in range(50):
         port = ports.take(target_id) if ports else None
-        row = Instance(deployment=d, target_id=target_id, **run.new_row_fields(),
+        row = Instance(deployment=d, target_id=target_id, **(fields or run.new_row_fields()),
                        generation=d.generation, port=port,
                        name=run.drivers[target_id].instance_name(d.agent.slug),
                        phase=InstancePhase.PENDING, health=Health.PROGRESSING,

@@ -47,6 +47,11 @@ def run_pass(deployment_id: int) -> Outcome:
             word = _lifecycle(run)
         finally:
             _flush(run, before)
+        # A change made during the pass found the lock held (its own pass was
+        # "busy"): look again at once rather than at the next sweep.
+        if not Deployment.objects.filter(pk=deployment_id, generation=deployment.generation,
+                                         state=deployment.state).exists():
+            run.requeue(0.05)
     return Outcome(word, run.requeue_in)
 
 

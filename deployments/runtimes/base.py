@@ -32,6 +32,23 @@ LABEL_AGENT = "hangar.agent"
 LABEL_MANAGED = "hangar.managed"
 LABEL_VERSION = "hangar.version"
 LABEL_PORT = "hangar.port"
+LABEL_JOB = "hangar.job"  # "true" on a batch job's unit: never listed as an instance
+LABEL_REVISION = "hangar.revision"  # the Revision number a managed unit runs
+
+
+def managed_value() -> str:
+    """``hangar.managed`` on what this installation makes: ``true``, or its name
+    (HANGAR_INSTALLATION: installations sharing a host never touch each other's)."""
+    from django.conf import settings
+
+    return settings.HANGAR_INSTALLATION or "true"
+
+
+def unit_prefix() -> str:
+    from django.conf import settings
+
+    name = settings.HANGAR_INSTALLATION
+    return f"hangar-{name}" if name else "hangar"
 
 
 @dataclass(frozen=True)
@@ -67,7 +84,7 @@ class InstanceSpec:
 
     def labels(self) -> dict[str, str]:
         labels = {
-            LABEL_MANAGED: "true",
+            LABEL_MANAGED: managed_value(),
             LABEL_DEPLOYMENT: str(self.deployment_id),
             LABEL_INSTANCE: self.name,
             LABEL_GENERATION: str(self.generation),
@@ -88,6 +105,61 @@ class Autoscale:
 
 
 @dataclass(frozen=True)
+class LagScaling:
+    """Scaling on a stream's lag done by the runtime itself (KEDA on
+    Kubernetes), with the thresholds Hangar's own lag autoscaler uses.
+
+    ``kind`` is the stream source's (``redis``, ``nats``); ``address`` is where
+    the runtime's scaler reads the lag (Redis ``host:port``, or the NATS HTTP
+    monitoring endpoint); ``username`` and ``password`` are secret (they go to
+    the deployment's Secret object, never into a manifest)."""
+
+    kind: str
+    stream: str
+    group: str  # the Redis consumer group, or the NATS durable consumer
+    address: str
+    min_replicas: int
+    max_replicas: int
+    target: int  # lag per replica
+    activation: int  # 0 -> 1 when the lag is strictly greater
+    cooldown_s: int  # idle this long -> min (0 when allowed)
+    stabilization_s: int  # scale-down window
+    polling_s: int
+    database: int = 0
+    tls: bool = False
+    account: str = ""  # NATS account
+    username: str = ""
+    password: str = ""
+
+
+@dataclass(frozen=True)
+class ScaledReplicas:
+    """What a target's own autoscaler decided: ``by`` names it (``KEDA``)."""
+
+    replicas: int
+    by: str
+
+
+@dataclass(frozen=True)
+class Track:
+    """The revision (number) a rollout keeps beside the current one: the stable."""
+    revision: str
+    replicas: int
+    template: InstanceSpec
+    secret_env: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RolloutSplit:
+    """A rollout in charge of a managed deployment: the spec's template and
+    replicas are the new revision's, ``stable`` runs beside it; ``active``: the
+    revision a Service selects (None: all), ``preview``: a preview Service's."""
+    stable: Track
+    active: str | None = None
+    preview: str | None = None
+
+
+@dataclass(frozen=True)
 class DeploymentSpec:
     """Whole-deployment desired state, for drivers that manage replicas
     themselves (``features.manages_replicas``, e.g. Kubernetes)."""
@@ -100,11 +172,15 @@ class DeploymentSpec:
     secret_env: dict[str, str] = field(default_factory=dict)  # -> a Secret
     config: dict[str, str] = field(default_factory=dict)  # -> a ConfigMap
     autoscale: Autoscale | None = None  # -> a HorizontalPodAutoscaler
+    lag_scaling: LagScaling | None = None  # -> a KEDA ScaledObject
+    restarted_at: str = ""  # ISO time of the last restart: new pods from then on
     schedule: str | None = None  # batch: cron -> CronJob
     timezone: str | None = None
     concurrency_policy: str = "Forbid"  # Allow | Forbid | Replace
     timeout_s: int | None = None
     retries: int = 0
+    revision: str = ""  # the Revision number the template runs (a label on the pods)
+    rollout: RolloutSplit | None = None  # a canary or blue-green under way
 
 
 @dataclass
@@ -127,6 +203,7 @@ class ObservedInstance:
     message: str = ""  # e.g. "OOMKilled", "ImagePullBackOff: ..."
     restarts: int = 0  # restarts done by the runtime itself (pods)
     version: str = ""  # from the hangar.version label
+    revision: str = ""  # from the hangar.revision label (managed drivers)
     # The runtime reports a failure that waiting will not cure (an image pull
     # back-off, a crash loop, an invalid spec); the driver's judge() reads it.
     failing: bool = False
@@ -158,6 +235,18 @@ class JobResult:
     started_at: datetime | None = None
     finished_at: datetime | None = None
     timed_out: bool = False
+
+
+@dataclass
+class JobState:
+    """A batch job's unit (container, process, Job) as the runtime sees it now."""
+
+    name: str
+    phase: str  # "running" | "exited" (finished, exit_code set) | "pending" (not started yet)
+    exit_code: int | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    message: str = ""
 
 
 @dataclass
@@ -212,6 +301,26 @@ class Runtime:
     def run_job(self, spec: InstanceSpec, *, timeout_s: float) -> JobResult:
         raise NotImplementedError
 
+    # Batch jobs, supervised level-triggered (features.supports_jobs): a
+    # worker starts a unit and returns; later passes list, read and remove it.
+    def start_job(self, spec: InstanceSpec, *, timeout_s: float | None = None) -> JobState:
+        """Start a run-to-completion unit named ``spec.name`` (labelled as a job,
+        so ``list_instances`` never shows it) and return at once. Idempotent by
+        name: a unit that exists already is left as it is and reported."""
+        raise NotImplementedError
+
+    def list_jobs(self, deployment_id: int) -> dict[str, JobState]:
+        """Every job unit of the deployment here, running or finished, by name."""
+        raise NotImplementedError
+
+    def job_logs(self, deployment_id: int, name: str, *, tail: int = 200) -> str:
+        """The last ``tail`` lines of a job's output (stdout and stderr)."""
+        raise NotImplementedError
+
+    def remove_job(self, deployment_id: int, name: str) -> None:
+        """Kill the unit if it still runs and delete it; no error if gone."""
+        raise NotImplementedError
+
     def logs(self, deployment_id: int, name: str, *, tail: int = 100,
              follow: bool = False) -> Iterator[str | None]:
         """The last ``tail`` lines; with ``follow``, then new lines until the
@@ -263,6 +372,17 @@ class Runtime:
     def port_free(self, port: int) -> bool:
         """Whether nothing outside Hangar's records listens on ``port`` there."""
         return True
+
+    def scaled_replicas(self, deployment_id: int, signal: str) -> ScaledReplicas | None:
+        """The replica count this target's own autoscaler set for the
+        deployment (see ``autoscales``), or None if it has set none."""
+        return None
+
+    def autoscales(self, signal: str) -> bool:
+        """Whether this target scales a deployment on ``signal`` itself (an HPA,
+        KEDA), given the policy in its ``DeploymentSpec``; if not, Hangar's own
+        autoscaler decides and changes ``Deployment.replicas``."""
+        return False
 
     def managed_deployment_ids(self) -> set[int]:
         """Ids of every deployment with objects on this target

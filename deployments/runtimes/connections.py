@@ -44,6 +44,8 @@ class KubernetesConnection(ConnectionSettings):
     host: str | None = Field(None, description="API server URL when no kubeconfig is given")
     token: str | None = None
     verify_ssl: bool = True
+    keda: bool = Field(False, description="KEDA is installed in the cluster: stream "
+                       "deployments scaling on lag get a ScaledObject and KEDA scales them")
 
     sensitive: ClassVar[frozenset[str]] = frozenset({"kubeconfig", "token"})
 

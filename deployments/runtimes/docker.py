@@ -22,21 +22,23 @@ from .base import (
     LABEL_DEPLOYMENT,
     LABEL_GENERATION,
     LABEL_INSTANCE,
+    LABEL_JOB,
     LABEL_MANAGED,
     LABEL_PORT,
     LABEL_VERSION,
     Features,
     InstanceSpec,
-    JobResult,
     ObservedInstance,
     Runtime,
     RuntimeFailure,
     Usage,
     loopback_port_free,
+    managed_value,
+    unit_prefix,
 )
+from .docker_jobs import INSPECT_PARALLEL, DockerJobs, parse_time
 
 STOP_TIMEOUT_S = 5
-INSPECT_PARALLEL = 8  # the SDK's connection pool holds 10
 # How `docker ps` shows a HEALTHCHECK verdict in a container's status.
 HEALTH_IN_STATUS = (("(unhealthy)", "unhealthy"), ("(healthy)", "healthy"),
                     ("(health: starting)", "starting"))
@@ -50,17 +52,7 @@ class DockerFeatures(Features):
     lists_orphans = True
 
 
-def _parse_time(value: str | None) -> datetime | None:
-    if not value or value.startswith("0001-"):
-        return None
-    value = value.rstrip("Z")
-    if "." in value:
-        head, frac = value.split(".", 1)
-        value = f"{head}.{frac[:6]}"
-    return datetime.fromisoformat(value + "+00:00")
-
-
-class DockerRuntime(Runtime):
+class DockerRuntime(DockerJobs, Runtime):
     features = DockerFeatures()
 
     def __init__(self, target):
@@ -143,7 +135,7 @@ class DockerRuntime(Runtime):
     # Instances ----------------------------------------------------------------
     @staticmethod
     def container_name(deployment_id: int, name: str) -> str:
-        return f"hangar-{deployment_id}-{name}"
+        return f"{unit_prefix()}-{deployment_id}-{name}"
 
     def _find(self, deployment_id: int, name: str):
         try:
@@ -230,8 +222,9 @@ class DockerRuntime(Runtime):
         inspected, in parallel."""
         found = self._call(
             "list containers", self.client.api.containers, all=True,
-            filters={"label": [f"{LABEL_DEPLOYMENT}={deployment_id}", f"{LABEL_MANAGED}=true"]})
-        found = [c for c in found if "hangar.job" not in (c.get("Labels") or {})]
+            filters={"label": [f"{LABEL_DEPLOYMENT}={deployment_id}",
+                               f"{LABEL_MANAGED}={managed_value()}"]})
+        found = [c for c in found if LABEL_JOB not in (c.get("Labels") or {})]
         observed = [self._observe_listed(c) for c in found if c.get("State") == "running"]
         others = [c["Id"] for c in found if c.get("State") != "running"]
         if len(others) <= 1:
@@ -270,7 +263,8 @@ class DockerRuntime(Runtime):
 
     def managed_deployment_ids(self) -> set[int]:
         containers = self._call("list containers", self.client.containers.list, all=True,
-                                filters={"label": f"{LABEL_MANAGED}=true"}, ignore_removed=True)
+                                filters={"label": f"{LABEL_MANAGED}={managed_value()}"},
+                                ignore_removed=True)
         return {int(c.labels[LABEL_DEPLOYMENT]) for c in containers
                 if c.labels.get(LABEL_DEPLOYMENT, "").isdigit()}
 
@@ -302,43 +296,11 @@ class DockerRuntime(Runtime):
             address=f"{self.bind_address}:{port}" if port else "",
             port=port,
             exit_code=exit_code if phase in ("exited", "failed") else None,
-            started_at=_parse_time(state.get("StartedAt")),
-            finished_at=_parse_time(state.get("FinishedAt")),
+            started_at=parse_time(state.get("StartedAt")),
+            finished_at=parse_time(state.get("FinishedAt")),
             runtime_health=health,
             message=message,
         )
-
-    # Work and observation -----------------------------------------------------
-    def run_job(self, spec: InstanceSpec, *, timeout_s: float) -> JobResult:
-        labels = {**spec.labels(), "hangar.job": "true"}
-        self._call(f"image {spec.image}", self.client.images.get, spec.image)
-        container = self._call(
-            "create job", self.client.containers.create, spec.image,
-            command=list(spec.command) or None, labels=labels, environment=dict(spec.env),
-            network_mode="host" if self.host_network else None, detach=True,
-            nano_cpus=int(spec.cpu * 1e9), mem_limit=f"{spec.memory_mb}m",
-            name=self.container_name(spec.deployment_id, spec.name),
-        )
-        timed_out = False
-        try:
-            self._call("start job", container.start)
-            try:
-                result = container.wait(timeout=timeout_s)
-                exit_code = int(result.get("StatusCode", -1))
-            except requests.exceptions.ConnectionError:
-                timed_out, exit_code = True, -1
-                container.kill()
-            container.reload()
-            logs = container.logs().decode(errors="replace")
-            state = container.attrs["State"]
-            return JobResult(exit_code=exit_code, logs=logs, timed_out=timed_out,
-                             started_at=_parse_time(state.get("StartedAt")),
-                             finished_at=_parse_time(state.get("FinishedAt")))
-        finally:
-            try:
-                container.remove(force=True)
-            except (APIError, requests.RequestException, DockerException):
-                pass
 
     def logs(self, deployment_id: int, name: str, *, tail: int = 100,
              follow: bool = False) -> Iterator[str]:

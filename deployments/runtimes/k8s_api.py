@@ -34,6 +34,11 @@ KINDS: dict[str, tuple[str, str]] = {
     "CronJob": ("BatchV1Api", "namespaced_cron_job"),
     "Job": ("BatchV1Api", "namespaced_job"),
 }
+# Custom resources (KEDA's), reached through CustomObjectsApi: kind -> (group, version, plural).
+CUSTOM_KINDS: dict[str, tuple[str, str, str]] = {
+    "ScaledObject": ("keda.sh", "v1alpha1", "scaledobjects"),
+    "TriggerAuthentication": ("keda.sh", "v1alpha1", "triggerauthentications"),
+}
 # 4xx answers that are worth retrying: timeouts, conflicts, rate limits.
 TRANSIENT_CLIENT_ERRORS = frozenset({408, 409, 425, 429})
 
@@ -151,12 +156,25 @@ class NamespacedApi:
             raise RuntimeFailure(f"{action}: the answer is not JSON", permanent=False) from None
 
     # Generic object verbs ---------------------------------------------------
+    def _target(self, verb: str, kind: str, name: str | None = None
+                ) -> tuple[str, str, tuple[str, ...]]:
+        """(API class, method, leading arguments) for ``verb`` on ``kind``: a
+        built-in kind's own method (name, namespace), or a custom object's
+        (group, version, namespace, plural, name)."""
+        named = (name,) if name is not None else ()
+        if kind in CUSTOM_KINDS:
+            group, version, plural = CUSTOM_KINDS[kind]
+            return ("CustomObjectsApi", f"{verb}_namespaced_custom_object",
+                    (group, version, self.namespace, plural, *named))
+        api, suffix = KINDS[kind]
+        return api, f"{verb}_{suffix}", (*named, self.namespace)
+
     def _apply(self, manifest: Manifest) -> None:
         kind, name = manifest["kind"], manifest["metadata"]["name"]
-        api, suffix = KINDS[kind]
+        api, method, args = self._target("patch", kind, name)
         body = {**manifest, "metadata": {**manifest["metadata"], "namespace": self.namespace}}
         self._call(
-            api, f"patch_{suffix}", name, self.namespace, body,
+            api, method, *args, body,
             field_manager=FIELD_MANAGER, force=True, _content_type=APPLY_PATCH,
             action=f"apply {kind} {name}",
         )
@@ -169,17 +187,17 @@ class NamespacedApi:
 
     def _delete(self, kind: str, name: str) -> bool:
         """Delete one object with its dependents; False if it was not there."""
-        api, suffix = KINDS[kind]
+        api, method, args = self._target("delete", kind, name)
         found = self._json(
-            api, f"delete_{suffix}", name, self.namespace, propagation_policy="Background",
+            api, method, *args, propagation_policy="Background",
             action=f"delete {kind} {name}", missing_ok=True,
         )
         return found is not None
 
     def _list(self, kind: str, label_selector: str) -> list[Manifest]:
-        api, suffix = KINDS[kind]
+        api, method, args = self._target("list", kind)
         found = self._json(
-            api, f"list_{suffix}", self.namespace, label_selector=label_selector,
+            api, method, *args, label_selector=label_selector,
             action=f"list {kind} objects",
         )
         return list((found or {}).get("items") or [])

@@ -17,7 +17,21 @@ import json
 import math
 from typing import Any
 
-from .base import Autoscale, DeploymentSpec, HealthCheck, InstanceSpec
+from .base import (
+    LABEL_GENERATION,
+    LABEL_JOB,
+    LABEL_REVISION,
+    Autoscale,
+    DeploymentSpec,
+    HealthCheck,
+    InstanceSpec,
+)
+from .k8s_keda import (
+    KEDA_KINDS,
+    KEDA_SECRET_KEYS,
+    scaled_object,
+    trigger_authentication,
+)
 from .k8s_names import (
     LABEL_VALUE_MAX,
     NAME_MAX,
@@ -35,11 +49,12 @@ Manifest = dict[str, Any]
 # The names (k8s_names) are re-exported: callers know them from here.
 __all__ = [
     "CONTAINER_NAME", "DEPLOYMENT_KINDS", "ENV_CHECKSUM_ANNOTATION", "INFLIGHT_METRIC",
-    "LABEL_VALUE_MAX", "LAG_METRIC", "NAME_MAX", "PORT_NAME", "config_map", "container",
-    "cron_job", "deployment", "deployment_manifests", "deployment_selector",
-    "horizontal_pod_autoscaler", "is_label_value", "job", "job_secret", "label_value", "labels",
-    "Manifest", "mebibytes", "millicores", "object_name", "object_names", "quantity", "secret",
-    "selector_labels", "service",
+    "KEDA_KINDS", "KEDA_SECRET_KEYS", "LABEL_VALUE_MAX", "LAG_METRIC", "NAME_MAX", "PORT_NAME",
+    "config_map", "container", "cron_job", "deployment", "deployment_manifests",
+    "deployment_selector", "horizontal_pod_autoscaler", "is_label_value", "job", "job_secret",
+    "label_value", "labels", "Manifest", "mebibytes", "millicores", "object_name",
+    "object_names", "quantity", "RESTARTED_AT_ANNOTATION", "scaled_object", "secret",
+    "selector_labels", "service", "trigger_authentication",
 ]
 
 CONTAINER_NAME = "agent"
@@ -51,6 +66,8 @@ LAG_METRIC = "hangar_stream_lag"
 # On the pod template: changes when the Secret or ConfigMap content changes,
 # so that new values roll the pods (Kubernetes does not restart them itself).
 ENV_CHECKSUM_ANNOTATION = "hangar.env-checksum"
+# On the pod template: the deployment's last restart (the restart verb rolls the pods).
+RESTARTED_AT_ANNOTATION = "hangar.restarted-at"
 
 # Kinds the driver applies for a deployment, in apply order.
 DEPLOYMENT_KINDS = (
@@ -168,6 +185,17 @@ def _env_checksum(spec: DeploymentSpec) -> str:
     return hashlib.sha256(content.encode()).hexdigest()
 
 
+def _secret_values(spec: DeploymentSpec) -> dict[str, str]:
+    """The secret environment and, for KEDA, the stream's credentials."""
+    values = dict(spec.secret_env)
+    scaling = spec.lag_scaling
+    if scaling is not None:
+        for parameter, key in KEDA_SECRET_KEYS.items():
+            if getattr(scaling, parameter):
+                values[key] = getattr(scaling, parameter)
+    return values
+
+
 def secret(spec: DeploymentSpec) -> Manifest:
     """The deployment's secret environment (v1 Secret, Opaque, base64 ``data``:
     ``stringData`` does not remove deleted keys under server-side apply)."""
@@ -178,7 +206,7 @@ def secret(spec: DeploymentSpec) -> Manifest:
         "type": "Opaque",
         "data": {
             key: base64.b64encode(value.encode()).decode("ascii")
-            for key, value in sorted(spec.secret_env.items())
+            for key, value in sorted(_secret_values(spec).items())
         },
     }
 
@@ -209,16 +237,29 @@ def config_map(spec: DeploymentSpec) -> Manifest:
 def _deployment_containers(spec: DeploymentSpec, *, probes: bool) -> list[Manifest]:
     names = object_names(spec)
     env_from = _env_from(
-        names["Secret"] if spec.secret_env else None,
+        names["Secret"] if _secret_values(spec) else None,
         names["ConfigMap"] if spec.config else None,
     )
     return [container(spec.template, env=spec.template.env, env_from=env_from, probes=probes)]
 
 
 def _pod_template(spec: DeploymentSpec, *, probes: bool, restart_policy: str) -> Manifest:
-    metadata: Manifest = {"labels": labels(spec.template)}
+    """The pods' template. It carries no ``hangar.generation``: every change
+    bumps the generation, replicas too, and a changed template restarts every
+    pod — scaling (by hand or on the lag) must not. What should roll the pods
+    changes the template itself: the version label and the container, the env
+    checksum, and the restart stamp (as ``kubectl rollout restart`` does)."""
+    own = {k: v for k, v in labels(spec.template).items() if k != LABEL_GENERATION}
+    if spec.revision:  # what a rollout's Services select on (k8s_manifests_rollout)
+        own[LABEL_REVISION] = label_value(spec.revision)
+    metadata: Manifest = {"labels": own}
+    annotations: Manifest = {}
     if spec.secret_env or spec.config:
-        metadata["annotations"] = {ENV_CHECKSUM_ANNOTATION: _env_checksum(spec)}
+        annotations[ENV_CHECKSUM_ANNOTATION] = _env_checksum(spec)
+    if spec.restarted_at:
+        annotations[RESTARTED_AT_ANNOTATION] = spec.restarted_at
+    if annotations:
+        metadata["annotations"] = annotations
     return {
         "metadata": metadata,
         "spec": _pod_spec(
@@ -229,12 +270,13 @@ def _pod_template(spec: DeploymentSpec, *, probes: bool, restart_policy: str) ->
 
 def deployment(spec: DeploymentSpec) -> Manifest:
     """apps/v1 Deployment. With autoscaling the replica count is left to the
-    HorizontalPodAutoscaler: applying it would undo every scaling decision."""
+    HorizontalPodAutoscaler (or KEDA's ScaledObject): applying it would undo
+    every scaling decision."""
     body: Manifest = {
         "selector": {"matchLabels": selector_labels(spec.template)},
         "template": _pod_template(spec, probes=True, restart_policy="Always"),
     }
-    if spec.autoscale is None:
+    if spec.autoscale is None and spec.lag_scaling is None:
         body = {"replicas": max(0, spec.replicas), **body}
     return {
         "apiVersion": "apps/v1",
@@ -359,7 +401,7 @@ def job(
     """batch/v1 Job for one run. The environment comes from ``secret_name``
     (see :func:`job_secret`) when given, else inline. ``ttl_s`` lets the
     cluster clean up a Job whose runner died before deleting it."""
-    own = labels(template)
+    own = {**labels(template), LABEL_JOB: "true"}  # never listed as an instance
     env = {} if secret_name else template.env
     pod = {
         "metadata": {"labels": dict(own)},
@@ -381,9 +423,10 @@ def job(
 def deployment_manifests(spec: DeploymentSpec) -> list[Manifest]:
     """Every object the deployment needs, in apply order: Secret and ConfigMap
     (when there are values) first, then a CronJob for a scheduled batch, or a
-    Deployment with a Service (with a port) and an HPA (with autoscaling)."""
+    Deployment with a Service (with a port) and an HPA (with autoscaling) or
+    KEDA's ScaledObject (lag scaling), after its TriggerAuthentication."""
     manifests: list[Manifest] = []
-    if spec.secret_env:
+    if _secret_values(spec):
         manifests.append(secret(spec))
     if spec.config:
         manifests.append(config_map(spec))
@@ -395,4 +438,9 @@ def deployment_manifests(spec: DeploymentSpec) -> list[Manifest]:
         manifests.append(service(spec))
     if spec.autoscale is not None:
         manifests.append(horizontal_pod_autoscaler(spec))
+    if spec.lag_scaling is not None:
+        auth = trigger_authentication(spec)
+        if auth is not None:
+            manifests.append(auth)
+        manifests.append(scaled_object(spec))
     return manifests

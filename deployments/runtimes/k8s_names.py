@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 import re
 
-from .base import LABEL_DEPLOYMENT, LABEL_MANAGED, DeploymentSpec, InstanceSpec
+from .base import LABEL_DEPLOYMENT, LABEL_MANAGED, DeploymentSpec, InstanceSpec, managed_value
 
 # CronJob names longer than 52 characters cannot be created (the Jobs they
 # spawn append 11); using the same limit for every object keeps one name.
@@ -65,7 +65,8 @@ def selector_labels(template: InstanceSpec) -> dict[str, str]:
 
 def deployment_selector(deployment_id: int) -> str:
     """The label selector for every object of a deployment."""
-    return f"{LABEL_DEPLOYMENT}={label_value(str(deployment_id))},{LABEL_MANAGED}=true"
+    return (f"{LABEL_DEPLOYMENT}={label_value(str(deployment_id))},"
+            f"{LABEL_MANAGED}={label_value(managed_value())}")
 
 
 def object_names(spec: DeploymentSpec) -> dict[str, str]:
@@ -78,4 +79,6 @@ def object_names(spec: DeploymentSpec) -> dict[str, str]:
         "Service": base,
         "HorizontalPodAutoscaler": base,
         "CronJob": base,
+        "TriggerAuthentication": base,
+        "ScaledObject": base,
     }

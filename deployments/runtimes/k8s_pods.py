@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from .base import LABEL_GENERATION, LABEL_VERSION, ObservedInstance
+from .base import LABEL_GENERATION, LABEL_REVISION, LABEL_VERSION, ObservedInstance
 from .k8s_manifests import CONTAINER_NAME, Manifest
 
 MESSAGE_MAX = 500
@@ -169,6 +169,7 @@ def observe_pod(pod: Manifest) -> ObservedInstance:
         message=_pod_message(metadata, status, conditions),
         restarts=sum(_int(s.get("restartCount")) for s in statuses),
         version=labels.get(LABEL_VERSION) or "",
+        revision=labels.get(LABEL_REVISION) or "",
         failing=_failing(status),
     )
 

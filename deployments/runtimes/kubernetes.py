@@ -27,25 +27,30 @@ from datetime import UTC, datetime
 import pydantic
 from kubernetes import client
 
-from . import k8s_manifests, k8s_names
+from . import k8s_manifests, k8s_manifests_rollout, k8s_names
 from .base import (
     LABEL_DEPLOYMENT,
+    LABEL_INSTANCE,
+    LABEL_JOB,
     DeploymentSpec,
     Features,
     HealthCheck,
     InstanceSpec,
     JobResult,
+    JobState,
     Judgement,
     ManagedNames,
     ObservedInstance,
     Probe,
     Runtime,
     RuntimeFailure,
+    ScaledReplicas,
 )
 from .connections import KubernetesConnection, error_text
 from .k8s_api import NamespacedApi, translated
 from .k8s_manifests import CONTAINER_NAME, Manifest
 from .k8s_pods import _job_outcome, _time, observe_pod
+from .kubernetes_rollout import RolloutMixin
 
 logger = logging.getLogger(__name__)
 
@@ -66,7 +71,7 @@ class KubernetesFeatures(Features):
     supports_resource_usage = False  # metrics.k8s.io is not read (yet)
 
 
-class KubernetesRuntime(NamespacedApi, Runtime):
+class KubernetesRuntime(RolloutMixin, NamespacedApi, Runtime):
     """One Kubernetes namespace (the Target's), reached with a kubeconfig or a
     host and bearer token."""
 
@@ -144,27 +149,61 @@ class KubernetesRuntime(NamespacedApi, Runtime):
 
     def list_instances(self, deployment_id: int) -> list[ObservedInstance]:
         pods = self._list("Pod", k8s_names.deployment_selector(deployment_id))
+        pods = [p for p in pods if LABEL_JOB not in ((p.get("metadata") or {}).get("labels")
+                                                     or {})]
         return sorted((observe_pod(pod) for pod in pods), key=lambda o: o.name)
+
+    def autoscales(self, signal: str) -> bool:
+        """CPU and in-flight requests: an HPA. Stream lag: KEDA's ScaledObject
+        when the target says KEDA is installed (``keda``); otherwise Hangar's
+        own lag autoscaler changes the Deployment's replicas."""
+        if signal == "lag":
+            return self.settings.keda
+        return True
+
+    def scaled_replicas(self, deployment_id: int, signal: str) -> ScaledReplicas | None:
+        """The Deployment's replicas as the HPA or KEDA set them (Hangar
+        applies none while they scale it)."""
+        for item in self._list("Deployment", k8s_names.deployment_selector(deployment_id)):
+            replicas = (item.get("spec") or {}).get("replicas")
+            if isinstance(replicas, int):
+                return ScaledReplicas(replicas=replicas, by="KEDA" if signal == "lag" and
+                                      self.settings.keda else "HorizontalPodAutoscaler")
+        return None
+
+    def _kinds(self) -> tuple[str, ...]:
+        """The kinds this target's deployments may have (KEDA's only with KEDA:
+        a cluster without its CRDs has no such resources to ask about)."""
+        return k8s_manifests.DEPLOYMENT_KINDS + (
+            k8s_manifests.KEDA_KINDS if self.settings.keda else ())
 
     def apply_deployment(self, spec: DeploymentSpec) -> None:
         """Server-side apply every object the spec needs, then delete those it
         no longer needs (an HPA after autoscaling is switched off, a Service
         without a port, a Deployment replaced by a CronJob, …)."""
+        if spec.lag_scaling is not None and not self.settings.keda:
+            raise RuntimeFailure("lag scaling by KEDA asked of a target without KEDA",
+                                 permanent=True)
         try:
-            manifests = k8s_manifests.deployment_manifests(spec)
+            manifests = k8s_manifests.deployment_manifests(
+                spec if spec.rollout is None else k8s_manifests_rollout.primary_spec(spec))
+            manifests, doomed = self._manifests(spec, manifests)  # a rollout's objects
         except (ValueError, TypeError) as exc:
             raise RuntimeFailure(str(exc), permanent=True) from None
         for manifest in manifests:
             self._apply(manifest)
-        wanted = {manifest["kind"] for manifest in manifests}
         names = k8s_names.object_names(spec)
-        for kind in k8s_manifests.DEPLOYMENT_KINDS:
+        wanted = {manifest["kind"] for manifest in manifests
+                  if manifest["metadata"]["name"] == names[manifest["kind"]]}
+        for kind in self._kinds():
             if kind not in wanted:
                 self._delete(kind, names[kind])
+        self._delete_rollout_objects(doomed)
 
     def delete_deployment(self, deployment_id: int) -> None:
         selector = k8s_names.deployment_selector(deployment_id)
-        for kind in DELETE_ORDER:
+        kinds = (k8s_manifests.KEDA_KINDS[::-1] if self.settings.keda else ()) + DELETE_ORDER
+        for kind in kinds:
             for item in self._list(kind, selector):
                 self._delete(kind, item["metadata"]["name"])
 
@@ -251,6 +290,74 @@ class KubernetesRuntime(NamespacedApi, Runtime):
         except RuntimeFailure as failure:  # e.g. the container never started
             return f"[hangar] no log: {failure}\n"
         return (raw or b"").decode("utf-8", errors="replace")
+
+    # Batch jobs (level-triggered): one Job per firing, made by Hangar's
+    # scheduler (no CronJob). The Job's own deadline is a safety net past
+    # Hangar's timeout; Hangar retries, so the Job does not (backoffLimit 0).
+    job_ttl_s: int = 24 * 3600
+
+    @staticmethod
+    def _job_names(deployment_id: int, name: str) -> tuple[str, str]:
+        job = k8s_names.object_name(f"hangar-{deployment_id}-{name}", limit=56)
+        return job, f"{job}-env"
+
+    def start_job(self, spec: InstanceSpec, *, timeout_s: float | None = None) -> JobState:
+        job_name, secret_name = self._job_names(spec.deployment_id, spec.name)
+        existing = self._json("BatchV1Api", "read_namespaced_job", job_name, self.namespace,
+                              action=f"read Job {job_name}", missing_ok=True)
+        if existing is not None:
+            return self._job_state(existing)
+        try:
+            manifest = k8s_manifests.job(
+                spec, name=job_name, secret_name=secret_name if spec.env else None,
+                timeout_s=timeout_s + self.job_grace_s if timeout_s else None,
+                ttl_s=self.job_ttl_s)
+        except (ValueError, TypeError) as exc:
+            raise RuntimeFailure(str(exc), permanent=True) from None
+        if spec.env:
+            secret = k8s_manifests.job_secret(spec, name=secret_name)
+            secret["metadata"]["labels"][LABEL_JOB] = "true"
+            self._apply(secret)  # idempotent: a retried start finds it
+        self._create(manifest)
+        return JobState(name=spec.name, phase="pending", started_at=datetime.now(UTC))
+
+    def _job_state(self, job: Manifest) -> JobState:
+        metadata = job.get("metadata") or {}
+        name = ((metadata.get("labels") or {}).get(LABEL_INSTANCE)) or metadata.get("name", "")
+        status = job.get("status") or {}
+        outcome, condition = _job_outcome(job)
+        started = _time(status.get("startTime"))
+        if outcome is None:
+            return JobState(name=name, phase="running" if status.get("active") or started
+                            else "pending", started_at=started)
+        pod = self._job_pod(metadata.get("name", ""))
+        observed = observe_pod(pod) if pod else None
+        exit_code = observed.exit_code if observed else None
+        if exit_code is None:
+            exit_code = 0 if outcome == "complete" else 1
+        return JobState(name=name, phase="exited", exit_code=exit_code, started_at=started,
+                        finished_at=_time(status.get("completionTime"))
+                        or _time(condition.get("lastTransitionTime")),
+                        message=(observed.message if observed else "") or
+                        condition.get("message", ""))
+
+    def list_jobs(self, deployment_id: int) -> dict[str, JobState]:
+        selector = f"{k8s_names.deployment_selector(deployment_id)},{LABEL_JOB}=true"
+        states = (self._job_state(job) for job in self._list("Job", selector))
+        return {state.name: state for state in states}
+
+    def job_logs(self, deployment_id: int, name: str, *, tail: int = 200) -> str:
+        job_name, _ = self._job_names(deployment_id, name)
+        pod = self._job_pod(job_name)
+        if pod is None:
+            return ""
+        return "\n".join(self._log_lines((pod.get("metadata") or {}).get("name", ""),
+                                          tail=tail, follow=False)) + "\n"
+
+    def remove_job(self, deployment_id: int, name: str) -> None:
+        job_name, secret_name = self._job_names(deployment_id, name)
+        self._delete("Job", job_name)
+        self._delete("Secret", secret_name)
 
     def logs(self, deployment_id: int, name: str, *, tail: int = 100,
              follow: bool = False) -> Iterator[str]:

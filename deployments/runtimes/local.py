@@ -30,6 +30,7 @@ from .base import (
     Features,
     InstanceSpec,
     JobResult,
+    JobState,
     ObservedInstance,
     Runtime,
     RuntimeFailure,
@@ -243,6 +244,72 @@ class LocalRuntime(Runtime):
         shutil.rmtree(folder, ignore_errors=True)
         return JobResult(exit_code=-1 if timed_out else observed.exit_code or 0, logs=logs,
                          started_at=started, finished_at=datetime.now(UTC), timed_out=timed_out)
+
+    # Batch jobs (level-triggered) --------------------------------------------
+    # A job is a process group like an instance, in a folder whose name starts
+    # with "job-" (so list_instances skips it); the folder outlives the process
+    # and holds its exit code and output until remove_job.
+    def _job_dir(self, deployment_id: int, name: str) -> Path:
+        return self._dir(deployment_id, name if name.startswith("job-") else f"job-{name}")
+
+    def start_job(self, spec: InstanceSpec, *, timeout_s: float | None = None) -> JobState:
+        folder = self._job_dir(spec.deployment_id, spec.name)
+        state = self._read(folder)
+        if state is None:
+            state = self._spawn(spec, folder, None)
+        return self._job_state(folder, state)
+
+    def _job_state(self, folder: Path, state: dict) -> JobState:
+        observed = self._observe(folder, state)
+        exited = observed.phase != "running"
+        finished = None
+        if exited:
+            try:
+                finished = datetime.fromtimestamp((folder / "exit_code").stat().st_mtime, UTC)
+            except OSError:
+                finished = None
+        return JobState(name=observed.name, phase="exited" if exited else "running",
+                        exit_code=observed.exit_code if exited else None,
+                        started_at=observed.started_at, finished_at=finished,
+                        message=observed.message)
+
+    def list_jobs(self, deployment_id: int) -> dict[str, JobState]:
+        base = self.root / f"deployment-{deployment_id}"
+        if not base.is_dir():
+            return {}
+        jobs = {}
+        for folder in sorted(base.glob("job-*")):
+            state = self._read(folder)
+            if state is not None:
+                job = self._job_state(folder, state)
+                jobs[job.name] = job
+        return jobs
+
+    def job_logs(self, deployment_id: int, name: str, *, tail: int = 200) -> str:
+        path = self._job_dir(deployment_id, name) / "output.log"
+        try:
+            lines = path.read_text(errors="replace").splitlines()
+        except OSError:
+            return ""
+        return "\n".join(lines[-tail:]) + ("\n" if lines else "")
+
+    def remove_job(self, deployment_id: int, name: str) -> None:
+        folder = self._job_dir(deployment_id, name)
+        state = self._read(folder)
+        if state is not None and self._alive(state):
+            self._kill(state["pid"])
+        shutil.rmtree(folder, ignore_errors=True)
+
+    @staticmethod
+    def _kill(pid: int) -> None:
+        """SIGKILL the job's process group (a timeout or a cancel: no grace)."""
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and _proc_start_time(pid) is not None:
+            time.sleep(0.05)
 
     def logs(self, deployment_id: int, name: str, *, tail: int = 100,
              follow: bool = False) -> Iterator[str | None]:

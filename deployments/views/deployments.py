@@ -18,6 +18,7 @@ from ..forms import ScaleForm, StateForm
 from ..logs import log_response
 from ..models import Deployment, DeploymentState, Health, Instance, Role
 from ..web import request_actor, scoped_view
+from . import panels as pattern_panels
 from .common import add_errors, htmx_redirect
 
 
@@ -53,6 +54,8 @@ def _deployment_context(actor: Actor, deployment: Deployment, **extra) -> dict:
         "can_write": access.has_role(actor, deployment.agent.team_id, Role.OPERATOR),
         "scale_form": extra.pop("scale_form", None)
         or ScaleForm(initial={"replicas": deployment.replicas}),
+        "pattern_panels": [pattern_panels.render_context(p, actor, deployment)
+                           for p in pattern_panels.panels_for(deployment)],
         **extra,
     }
 
@@ -68,6 +71,12 @@ def deployment_detail(request: HttpRequest, deployment_id: int) -> HttpResponse:
                 "revisions": "#revisions"}
     if request.htmx and request.htmx.target in partials:
         template += partials[request.htmx.target]
+    elif request.htmx and (panel := pattern_panels.by_element_id(deployment,
+                                                                  request.htmx.target or "")):
+        return render(request, panel.template, {
+            "deployment": deployment,
+            "can_write": access.has_role(actor, deployment.agent.team_id, Role.OPERATOR),
+            "panel": pattern_panels.render_context(panel, actor, deployment)})
     return render(request, template, _deployment_context(actor, deployment))
 
 

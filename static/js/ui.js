@@ -77,6 +77,7 @@
       return;
     }
     followers(field.form, field.name).forEach((slug) => {
+      adoptOne(slug);  // typed into before htmx:load adopted the re-rendered form
       if (slug.value === "" || slug.value === slug.dataset.suggested) {
         slug.value = slugify(field.value);
         slug.dataset.suggested = slug.value;
@@ -84,17 +85,20 @@
     });
   });
   // A form re-rendered by the server: a slug equal to its name's suggestion
-  // still follows the name.
-  function adopt(root) {
-    root.querySelectorAll("[data-slug-from]").forEach((slug) => {
-      const source = slug.form && slug.form.elements[slug.dataset.slugFrom];
-      if (source && (slug.value === "" || slug.value === slugify(source.value))) {
-        slug.dataset.suggested = slug.value;
-      } else {
-        slug.dataset.suggested = "\u0000user";
-      }
-    });
+  // still follows the name. Judged on what the server rendered (the fields'
+  // default values), once per field, so typing into the name between the swap
+  // and htmx:load changes nothing.
+  function adoptOne(slug) {
+    if (slug.dataset.suggested !== undefined) return;
+    const source = slug.form && slug.form.elements[slug.dataset.slugFrom];
+    if (source && (slug.defaultValue === "" ||
+                   slug.defaultValue === slugify(source.defaultValue))) {
+      slug.dataset.suggested = slug.value;
+    } else {
+      slug.dataset.suggested = "\u0000user";
+    }
   }
+  function adopt(root) { root.querySelectorAll("[data-slug-from]").forEach(adoptOne); }
   document.addEventListener("DOMContentLoaded", () => adopt(document));
   document.addEventListener("htmx:load", (event) => adopt(event.detail.elt));
 

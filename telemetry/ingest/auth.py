@@ -8,6 +8,7 @@ import re
 import secrets
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from cachetools import TTLCache
@@ -30,6 +31,9 @@ class Source:
     version_id: int
     token_digest: bytes | None
     versions: dict[str, int | None] = field(default_factory=dict)
+    # Set when the sender's identity names the instance (an edge device): its
+    # spans carry this instance whatever their resource says.
+    instance: str | None = None
 
     def version_for(self, instance: str) -> int:
         """The version the named instance runs (falls back to the deployment's);
@@ -90,6 +94,15 @@ def _legacy_lookup(token: str) -> int | None:
 
 _TOKEN_FORMAT = re.compile(r"^(\d{1,18})\.(.+)$")
 
+# Other credentials than the ingest token, by Authorization scheme (lowercase):
+# ``resolver(token) -> Source`` or raise ``Unauthorized``. The edge app registers
+# "device" (a device's token proves its group's edge deployment).
+_schemes: dict[str, Callable[[str], Source]] = {}
+
+
+def register_scheme(scheme: str, resolver: Callable[[str], Source]) -> None:
+    _schemes[scheme.lower()] = resolver
+
 
 def cached_source(authorization: str) -> Source | None:
     """``authenticate`` from the cache alone: the source, an error, or None when
@@ -116,6 +129,9 @@ def cached_source(authorization: str) -> Source | None:
 def authenticate(authorization: str) -> Source:
     scheme, _, token = (authorization or "").strip().partition(" ")
     token = token.strip()
+    resolver = _schemes.get(scheme.lower())
+    if resolver is not None and token:
+        return resolver(token)
     if scheme.lower() != "bearer" or not token:
         raise Unauthorized("send the deployment's ingest token as 'Authorization: Bearer <token>'")
     match = _TOKEN_FORMAT.match(token)

@@ -25,7 +25,8 @@ def prepare(body: bytes, fmt: str, content_encoding: str, source: Source) -> Bat
     request = parse(raw, fmt)
     del raw
     return extract(request, deployment_id=source.deployment_id,
-                   max_attribute_bytes=settings.HANGAR_INGEST_MAX_ATTRIBUTE_BYTES)
+                   max_attribute_bytes=settings.HANGAR_INGEST_MAX_ATTRIBUTE_BYTES,
+                   instance=source.instance)
 
 
 def _unavailable(exc: Exception) -> Unavailable:

@@ -54,21 +54,23 @@ class Batch:
 
 
 def extract(request: ExportTraceServiceRequest, *, deployment_id: int,
-            max_attribute_bytes: int) -> Batch:
+            max_attribute_bytes: int, instance: str | None = None) -> Batch:
     """Validate every span and build the rows of ``deployment_id``; raise
     Malformed on the first bad span.
 
     This runs for every span received, so it reads each field once and skips
-    what most spans lack (a status, span flags, GenAI usage).
+    what most spans lack (a status, span flags, GenAI usage). ``instance``, when
+    given, is every span's instance (the sender's proven identity).
     """
     rows: list[SpanRow] = []
     append = rows.append
     seen: set[bytes] = set()
     duplicates = truncated = 0
     number = 0
+    proven = instance
     for resource_spans in request.resource_spans:
-        instance = ""
-        for kv in resource_spans.resource.attributes:
+        instance = proven or ""
+        for kv in () if proven else resource_spans.resource.attributes:
             if kv.key == "service.instance.id":
                 instance = _clean(str(_value(kv.value) or ""), 255)
         for scope_spans in resource_spans.scope_spans:

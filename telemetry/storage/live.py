@@ -7,6 +7,7 @@ from django.db import connection
 
 from deployments.events import Coalescer, publish
 
+from ..jobs import link_job_runs
 from ..models import Run
 from .runs import WriteResult
 
@@ -28,6 +29,7 @@ class RunAnnouncer:
 def _announce(team_id: int, deployment_id: int) -> None:
     try:
         publish_latest_run(team_id, deployment_id)
+        link_job_runs(team_id, deployment_id)  # a batch job's tokens, cost and items
     finally:
         connection.close()  # a timer thread keeps no connection
 
