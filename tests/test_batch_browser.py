@@ -220,6 +220,12 @@ def test_a_batch_agent_from_the_ui_create_trigger_watch_it_finish_live(services,
         page.wait_for_function(
             """(pk) => window.__jobEvents.some((e) => e.run === pk && e.status === "cancelled")""",
             arg=slow_pk, timeout=60_000)
+        # The handler may still be fetching the answer when the event is heard
+        # (the server can be slower than the supervisor): let Playwright run it.
+        for _ in range(600):
+            if held:
+                break
+            page.wait_for_timeout(100)
         assert len(held) == 1
         route, answer = held[0]
         route.fulfill(response=answer)
