@@ -2,6 +2,7 @@
 its end, cancels and deletes."""
 from __future__ import annotations
 
+import json
 import uuid
 from dataclasses import dataclass
 from datetime import timedelta
@@ -48,20 +49,68 @@ def validate_strategy(value, default: str) -> str:
     return value
 
 
-@transaction.atomic
 def admit(assistant: Assistant, *, thread_id, owner: str, input=None, options=None,
           metadata=None, strategy: str | None = None, if_not_exists: str = "reject",
           cron_id=None, actor: Actor | None = None, queue: bool = False) -> Admission:
     """Make a run on a thread (or a stateless one, ``thread_id`` None), deciding
     what happens to the thread's active runs by its multitask strategy. With
     ``queue`` (a cron firing outside the gateway) the run is left pending for a
-    gateway process to start."""
+    gateway process to start.
+
+    The common case — a run this process starts now on an existing idle thread —
+    is one round trip to PostgreSQL (``hangar_threads_admit_idle``, migration
+    0002: the same lock, checks and writes as below, in one statement). A
+    missing or busy thread, a cron's run and other databases take the ORM path."""
     strategy = validate_strategy(strategy, assistant.strategy)
     if if_not_exists not in ("create", "reject"):
         raise Invalid({"if_not_exists": ["Use create or reject."]})
     if metadata is not None and not isinstance(metadata, dict):
         raise Invalid({"metadata": ["Give an object."]})
     check_size(input, "input")
+    if thread_id is not None and not queue and cron_id is None \
+            and connection.vendor == "postgresql":
+        admitted = _admit_idle(assistant, parse_uuid(thread_id), owner, input,
+                               options or {}, metadata or {}, strategy)
+        if admitted is not None:
+            return admitted
+    return _admit(assistant, thread_id=thread_id, owner=owner, input=input, options=options,
+                  metadata=metadata, strategy=strategy, if_not_exists=if_not_exists,
+                  cron_id=cron_id, actor=actor, queue=queue)
+
+
+def _admit_idle(assistant: Assistant, thread_id: uuid.UUID, owner: str, input, options: dict,
+                metadata: dict, strategy: str) -> Admission | None:
+    """The run started on the idle thread ``thread_id``; None when the thread is
+    missing (another team's too) or has active runs (then nothing was written)."""
+    run = ThreadRun(team_id=assistant.team_id, agent_id=assistant.agent_id,
+                    environment=assistant.environment, multitask_strategy=strategy,
+                    input=input, options=options, metadata=metadata,
+                    timeout_s=assistant.timeout_s, thread_id=thread_id,
+                    status=RunStatus.RUNNING, owner=owner)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT * FROM hangar_threads_admit_idle(%s, %s, %s, %s, %s, %s, %s::jsonb, "
+            "%s::jsonb, %s::jsonb, %s, %s, %s)",
+            [assistant.team_id, thread_id, run.pk, assistant.agent_id, assistant.environment,
+             strategy, None if input is None else json.dumps(input), json.dumps(options),
+             json.dumps(metadata), float(assistant.timeout_s), owner,
+             float(settings.HANGAR_THREADS_LEASE_S)])
+        outcome, position, at, values = cursor.fetchone()
+    if outcome != "started":
+        return None
+    run.position = position
+    run.created_at = run.updated_at = run.started_at = at
+    run.lease_until = at + timedelta(seconds=settings.HANGAR_THREADS_LEASE_S)
+    run._state.adding = False  # it is stored: a later save is an update
+    if isinstance(values, str):  # a driver that hands jsonb over as text
+        values = json.loads(values)
+    return Admission(run=run, start=True, state=values)
+
+
+@transaction.atomic
+def _admit(assistant: Assistant, *, thread_id, owner: str, input, options, metadata,
+           strategy: str, if_not_exists: str, cron_id, actor: Actor | None,
+           queue: bool) -> Admission:
     now = timezone.now()
     run = ThreadRun(team_id=assistant.team_id, agent_id=assistant.agent_id,
                     environment=assistant.environment, multitask_strategy=strategy,
