@@ -3,7 +3,9 @@ with 3 replicas on a real Docker host, measured in the same run as a baseline.
 
 (a) 100 concurrent clients for 20 s of small JSON invokes, through the gateway
     and directly to the replicas (client-side round robin): p50/p99 latency
-    and requests/s of each;
+    and requests/s of each — and, in the same run, through nginx (a C proxy,
+    one worker, least connections, keep-alive; Debian's ``nginx-light``, skipped
+    when missing): what any proxy adds on this machine;
 (b) 1,000 concurrent SSE streams of 60 s through the gateway: streams that did
     not arrive whole, and the gateway's peak RSS;
 (c) cold start: zero replicas → first byte through the gateway, against a raw
@@ -154,6 +156,57 @@ def wait_ready(port: int, timeout: float = 60) -> None:
         if time.monotonic() > deadline:
             raise SystemExit(f"agent on {port} never got ready")
         time.sleep(0.02)
+
+
+NGINX_CONF = """worker_processes 1;
+daemon off;
+pid {dir}/nginx.pid;
+error_log {dir}/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  client_body_temp_path {dir}/body;
+  proxy_temp_path {dir}/proxy;
+  fastcgi_temp_path {dir}/fastcgi;
+  uwsgi_temp_path {dir}/uwsgi;
+  scgi_temp_path {dir}/scgi;
+  upstream agents {{
+    least_conn;
+{servers}
+    keepalive 128;
+  }}
+  server {{
+    listen 127.0.0.1:{port};
+    location / {{
+      proxy_pass http://agents;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_buffering off;
+    }}
+  }}
+}}
+"""
+
+
+def start_nginx(ports: list[int], port: int) -> subprocess.Popen | None:
+    """A C proxy in front of the same replicas (least connections, keep-alive, one
+    worker process like the gateway): what any proxy adds on this machine. Debian's
+    ``nginx-light``; skipped when it is not installed."""
+    import shutil
+    import tempfile
+
+    binary = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists()
+                                       else None)
+    if binary is None:
+        return None
+    where = Path(tempfile.mkdtemp(prefix="bench-nginx-"))
+    servers = "\n".join(f"    server 127.0.0.1:{p};" for p in ports)
+    (where / "nginx.conf").write_text(NGINX_CONF.format(dir=where, servers=servers, port=port))
+    process = subprocess.Popen([binary, "-p", str(where), "-c", str(where / "nginx.conf")],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+                               start_new_session=True)  # its own group: stop() kills it
+    wait_ready(port)
+    return process
 
 
 def child(mode: str, args: list[str]) -> dict:
@@ -360,6 +413,21 @@ def main() -> None:
                   f"rps={direct['rps']:.0f} errors={direct['errors']}")
             print(f"(a) gateway p50={through['p50']:.2f}ms p99={through['p99']:.2f}ms "
                   f"rps={through['rps']:.0f} errors={through['errors']}")
+            # The same load through a C proxy, same run: what any hop costs here.
+            nginx_port = free_port()
+            nginx = start_nginx(ports, nginx_port)
+            if nginx is None:
+                print("(a) nginx   not installed (apt-get install nginx-light): skipped")
+            else:
+                try:
+                    via = child("--load", [*load, f"http://127.0.0.1:{nginx_port}/invoke"])
+                finally:
+                    stop(nginx)
+                print(f"(a) nginx   p50={via['p50']:.2f}ms p99={via['p99']:.2f}ms "
+                      f"rps={via['rps']:.0f} errors={via['errors']}: added "
+                      f"p50 {via['p50'] - direct['p50']:.2f}ms p99 "
+                      f"{via['p99'] - direct['p99']:.2f}ms, rps ratio "
+                      f"{via['rps'] / direct['rps']:.2f}")
             # What one hop costs when nothing queues (1 client): under 100 closed-loop
             # clients on a shared machine the added latency is mostly waiting for CPU.
             alone = [str(1), str(min(5.0, opts.seconds)), json.dumps(headers)]
