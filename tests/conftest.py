@@ -1,8 +1,11 @@
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 import pytest
+from django.db import OperationalError
+from django.db.backends.postgresql.operations import DatabaseOperations
 from django.test import Client
 
 from deployments import actions
@@ -20,6 +23,29 @@ from .factories import (
 )
 
 ROLES = ["admin", "operator", "viewer"]
+
+
+def _flush_again_after_a_deadlock(flush):
+    """Between transactional tests the database is flushed (one TRUNCATE of
+    every table) while a module's live server processes — a gateway, its
+    threads engine — keep reading it. PostgreSQL may pick the TRUNCATE as a
+    deadlock's victim (CI saw it: a gateway's query held one table and waited
+    for another the TRUNCATE held), and the next test would start on the
+    previous one's rows. The flush is run again instead."""
+    def execute_sql_flush(self, sql_list):
+        for attempt in range(5):
+            try:
+                return flush(self, sql_list)
+            except OperationalError as exc:
+                if "deadlock detected" not in str(exc) or attempt == 4:
+                    raise
+                time.sleep(0.2 * (attempt + 1))
+
+    return execute_sql_flush
+
+
+DatabaseOperations.execute_sql_flush = _flush_again_after_a_deadlock(
+    DatabaseOperations.execute_sql_flush)
 
 # scripts/test runs the suite on two pytest-xdist workers, each with services of
 # its own (tests/settings.py). A module's tests stay on one worker (its
