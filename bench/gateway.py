@@ -30,6 +30,7 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.request
@@ -188,18 +189,15 @@ http {{
 """
 
 
-def start_nginx(ports: list[int], port: int) -> subprocess.Popen | None:
+def start_nginx(ports: list[int], port: int, where: Path) -> subprocess.Popen | None:
     """A C proxy in front of the same replicas (least connections, keep-alive, one
-    worker process like the gateway): what any proxy adds on this machine. Debian's
-    ``nginx-light``; skipped when it is not installed."""
+    worker process like the gateway): what any proxy adds on this machine; its
+    files in ``where``. Debian's ``nginx-light``; skipped when it is not installed."""
     import shutil
-    import tempfile
 
-    binary = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists()
-                                       else None)
+    binary = shutil.which("nginx", path=f"{os.environ.get('PATH', '')}:/usr/sbin")
     if binary is None:
         return None
-    where = Path(tempfile.mkdtemp(prefix="bench-nginx-"))
     servers = "\n".join(f"    server 127.0.0.1:{p};" for p in ports)
     (where / "nginx.conf").write_text(NGINX_CONF.format(dir=where, servers=servers, port=port))
     process = subprocess.Popen([binary, "-p", str(where), "-c", str(where / "nginx.conf")],
@@ -415,14 +413,16 @@ def main() -> None:
                   f"rps={through['rps']:.0f} errors={through['errors']}")
             # The same load through a C proxy, same run: what any hop costs here.
             nginx_port = free_port()
-            nginx = start_nginx(ports, nginx_port)
-            if nginx is None:
-                print("(a) nginx   not installed (apt-get install nginx-light): skipped")
-            else:
+            with tempfile.TemporaryDirectory(prefix="bench-nginx-") as where:
+                nginx = start_nginx(ports, nginx_port, Path(where))
                 try:
-                    via = child("--load", [*load, f"http://127.0.0.1:{nginx_port}/invoke"])
+                    via = None if nginx is None else child(
+                        "--load", [*load, f"http://127.0.0.1:{nginx_port}/invoke"])
                 finally:
                     stop(nginx)
+            if via is None:
+                print("(a) nginx   not installed (apt-get install nginx-light): skipped")
+            else:
                 print(f"(a) nginx   p50={via['p50']:.2f}ms p99={via['p99']:.2f}ms "
                       f"rps={via['rps']:.0f} errors={via['errors']}: added "
                       f"p50 {via['p50'] - direct['p50']:.2f}ms p99 "

@@ -102,7 +102,7 @@ def _admit_idle(assistant: Assistant, thread_id: uuid.UUID, owner: str, input, o
     run.created_at = run.updated_at = run.started_at = at
     run.lease_until = at + timedelta(seconds=settings.HANGAR_THREADS_LEASE_S)
     run._state.adding = False  # it is stored: a later save is an update
-    if isinstance(values, str):  # a driver that hands jsonb over as text
+    if isinstance(values, str):  # Django has psycopg hand jsonb over as text (JSONField decodes)
         values = json.loads(values)
     return Admission(run=run, start=True, state=values)
 
