@@ -13,7 +13,8 @@ server), and it touches the database only off the request path:
   ``HANGAR_GATEWAY_REFRESH_S`` as a safety net) — no query per proxied request;
 * ``balancer`` picks a replica by least outstanding requests (power of two
   choices), ejects one for a while after connection errors or a burst of 5xx;
-* ``proxy`` streams both ways (aiohttp), retries once on another replica only when
+* ``proxy`` streams both ways (``upstream``: keep-alive HTTP/1.1 to the replicas,
+  httptools' parser), retries once on another replica only when
   the connection failed before anything was sent, answers 502/503/504 with a
   reason, 413 for an oversized body, 404/409 for what it does not serve;
 * ``limits`` holds per-caller and per-deployment limits in Redis, so several

@@ -15,7 +15,7 @@ from django.conf import settings
 from django.db import DatabaseError
 from django.utils.module_loading import import_string
 
-from . import conf, live, runs, sockets, split, writer, zero
+from . import conf, live, runs, sockets, split, upstream, writer, zero
 from .callers import Callers
 from .limits import Limited, limiter
 from .proxy import (
@@ -23,10 +23,10 @@ from .proxy import (
     Body,
     ClientGone,
     Outcome,
+    Watcher,
     forward,
     send_answer,
     upstream_session,
-    watch_disconnect,
 )
 from .routes import Table
 
@@ -39,7 +39,8 @@ class Gateway:
         self.table = Table()
         self.callers = Callers()
         self.limiter = None
-        self.client = None  # the upstream connection pool (proxy.upstream_session)
+        self.upstream: upstream.Pool | None = None  # the proxy's keep-alive connections
+        self.client = None  # aiohttp's, for WebSockets and probes (proxy.upstream_session)
         self.loader: live.Loader | None = None
         self.recorder: runs.Recorder | None = None
         self.zero: zero.Zero | None = None
@@ -51,6 +52,7 @@ class Gateway:
     async def startup(self) -> None:
         self.limiter = limiter()
         self.client = upstream_session()
+        self.upstream = upstream.Pool(conf.CONNECT_TIMEOUT_S)
         log.info("gateway: serving on %s", type(asyncio.get_running_loop()).__module__)
         self.loader = live.Loader(self.table)
         await self.loader.start()
@@ -85,6 +87,8 @@ class Gateway:
             await self.recorder.stop()
         if self.client is not None:
             await self.client.close()
+        if self.upstream is not None:
+            self.upstream.close()
         if self.limiter is not None:
             await self.limiter.close()
 
@@ -124,7 +128,8 @@ class Gateway:
             if path.startswith(prefix):
                 await mounted(scope, receive, send)
                 return
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        # ASGI gives header names in lower case already
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
         try:
             route, caller, rest, preview = await self.admit(path, headers)
         except Answer as answer:
@@ -153,10 +158,10 @@ class Gateway:
             return
         body = Body(receive, conf.MAX_BODY)
         task = asyncio.current_task()
-        watcher = asyncio.get_running_loop().create_task(watch_disconnect(body, task, outcome))
+        watcher = Watcher(body, task, outcome)
         try:
             async with asyncio.timeout(route.request_timeout_s):
-                await forward(self.client, route, caller, scope, body, send, rest, outcome,
+                await forward(self.upstream, route, caller, scope, body, send, rest, outcome,
                               headers=headers, preview=preview)
         except Answer as answer:
             await self._answer(send, outcome, answer.status, answer.reason, answer.headers)
@@ -171,9 +176,7 @@ class Gateway:
             if task.cancelling():
                 task.uncancel()  # the cancel the watcher made: the upstream is freed
         finally:
-            watcher.cancel()
-            with contextlib.suppress(BaseException):
-                await watcher
+            await watcher.stop()
             if held:
                 await self.limiter.release(held)
             if zeroes:
