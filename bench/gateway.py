@@ -5,7 +5,8 @@ with 3 replicas on a real Docker host, measured in the same run as a baseline.
     and directly to the replicas (client-side round robin): p50/p99 latency
     and requests/s of each — and, in the same run, through nginx (a C proxy,
     one worker, least connections, keep-alive; Debian's ``nginx-light``, skipped
-    when missing): what any proxy adds on this machine;
+    when missing): what any proxy adds on this machine. The paths take turns of
+    5 s (``--slices``), so a drift in the machine's load hits them alike;
 (b) 1,000 concurrent SSE streams of 60 s through the gateway: streams that did
     not arrive whole, and the gateway's peak RSS;
 (c) cold start: zero replicas → first byte through the gateway, against a raw
@@ -86,7 +87,29 @@ async def _load(urls: list[str], clients: int, seconds: float, headers: dict) ->
         await asyncio.gather(*(worker(k) for k in range(clients)))
         took = time.monotonic() - began
     return {"p50": percentile(latencies, 50), "p99": percentile(latencies, 99),
-            "rps": len(latencies) / took, "ok": len(latencies), "errors": errors}
+            "rps": len(latencies) / took, "ok": len(latencies), "errors": errors,
+            "took": took, "latencies": [round(v, 3) for v in latencies]}
+
+
+def interleaved(paths: dict[str, list[str]], load: list[str], slices: int) -> dict[str, dict]:
+    """Each path's load in ``slices`` turns, the paths taking turns (a, b, c, a, b,
+    c, …), then merged: on a shared machine whose load drifts, no path gets the
+    quiet minutes and another the busy ones."""
+    clients, seconds, headers = load
+    each = [str(clients), str(float(seconds) / slices), headers]
+    parts: dict[str, list[dict]] = {name: [] for name in paths}
+    for _ in range(slices):
+        for name, urls in paths.items():
+            parts[name].append(child("--load", [*each, *urls]))
+    merged = {}
+    for name, runs in parts.items():
+        latencies = [v for r in runs for v in r["latencies"]]
+        took = sum(r["took"] for r in runs)
+        merged[name] = {"p50": percentile(latencies, 50), "p99": percentile(latencies, 99),
+                        "rps": len(latencies) / took, "ok": len(latencies),
+                        "errors": sum(r["errors"] for r in runs),
+                        "slices_rps": [round(r["rps"]) for r in runs]}
+    return merged
 
 
 async def _streams(url: str, count: int, words: int, headers: dict) -> dict:
@@ -328,6 +351,8 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=float, default=20)
     parser.add_argument("--clients", type=int, default=100)
+    parser.add_argument("--slices", type=int, default=4,
+                        help="turns the paths of (a) take, each seconds/slices long")
     parser.add_argument("--streams", type=int, default=1000)
     parser.add_argument("--stream-s", type=int, default=60)
     parser.add_argument("--parts", default="abc", help="which of (a), (b), (c) to run "
@@ -405,34 +430,35 @@ def main() -> None:
         streams, cold_ratio = {"dropped": -1}, float("nan")
         if "a" in opts.parts:  # (a) small invokes
             load = [str(opts.clients), str(opts.seconds), json.dumps(headers)]
-            direct = child("--load", [*load, *[f"http://127.0.0.1:{p}/invoke" for p in ports]])
-            through = child("--load", [*load, base + "/invoke"])
-            print(f"(a) direct  p50={direct['p50']:.2f}ms p99={direct['p99']:.2f}ms "
-                  f"rps={direct['rps']:.0f} errors={direct['errors']}")
-            print(f"(a) gateway p50={through['p50']:.2f}ms p99={through['p99']:.2f}ms "
-                  f"rps={through['rps']:.0f} errors={through['errors']}")
+            paths = {"direct": [f"http://127.0.0.1:{p}/invoke" for p in ports],
+                     "gateway": [base + "/invoke"]}
             # The same load through a C proxy, same run: what any hop costs here.
             nginx_port = free_port()
             with tempfile.TemporaryDirectory(prefix="bench-nginx-") as where:
                 nginx = start_nginx(ports, nginx_port, Path(where))
+                if nginx is not None:
+                    paths["nginx"] = [f"http://127.0.0.1:{nginx_port}/invoke"]
                 try:
-                    via = None if nginx is None else child(
-                        "--load", [*load, f"http://127.0.0.1:{nginx_port}/invoke"])
+                    measured = interleaved(paths, load, opts.slices)
                 finally:
                     stop(nginx)
+            direct, through, via = measured["direct"], measured["gateway"], measured.get("nginx")
+            for name, m in (("direct ", direct), ("gateway", through)):
+                print(f"(a) {name} p50={m['p50']:.2f}ms p99={m['p99']:.2f}ms "
+                      f"rps={m['rps']:.0f} errors={m['errors']} (by turn {m['slices_rps']})")
             if via is None:
                 print("(a) nginx   not installed (apt-get install nginx-light): skipped")
             else:
                 print(f"(a) nginx   p50={via['p50']:.2f}ms p99={via['p99']:.2f}ms "
-                      f"rps={via['rps']:.0f} errors={via['errors']}: added "
-                      f"p50 {via['p50'] - direct['p50']:.2f}ms p99 "
+                      f"rps={via['rps']:.0f} errors={via['errors']} (by turn "
+                      f"{via['slices_rps']}): added p50 {via['p50'] - direct['p50']:.2f}ms p99 "
                       f"{via['p99'] - direct['p99']:.2f}ms, rps ratio "
                       f"{via['rps'] / direct['rps']:.2f}")
             # What one hop costs when nothing queues (1 client): under 100 closed-loop
             # clients on a shared machine the added latency is mostly waiting for CPU.
             alone = [str(1), str(min(5.0, opts.seconds)), json.dumps(headers)]
-            direct1 = child("--load", [*alone, *[f"http://127.0.0.1:{p}/invoke" for p in ports]])
-            through1 = child("--load", [*alone, base + "/invoke"])
+            one = interleaved({"direct": paths["direct"], "gateway": paths["gateway"]}, alone, 2)
+            direct1, through1 = one["direct"], one["gateway"]
             print(f"(a) 1 client: direct p50={direct1['p50']:.2f}ms p99={direct1['p99']:.2f}ms, "
                   f"gateway p50={through1['p50']:.2f}ms p99={through1['p99']:.2f}ms")
 

@@ -26,6 +26,9 @@ from .routes import Route
 HOP_BY_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te",
               "trailer", "transfer-encoding", "upgrade", "host", "content-length"}
 NOT_FORWARDED = HOP_BY_HOP | {"authorization", "cookie"}
+# Of an answer's headers, those the gateway's server writes itself (as nginx
+# hides them): passed on, they came twice.
+NOT_RETURNED = {k.encode() for k in HOP_BY_HOP | {"date", "server"}}
 # From this many seconds into a request, a disconnect of its client is watched
 # for (most answers are complete by then: they need no watching task).
 WATCH_AFTER_S = 0.2
@@ -235,8 +238,8 @@ async def _exchange(pool: upstream.Pool, replica: Replica, method: str, target: 
     try:
         replica.answered(response.status)
         outcome.status = response.status
-        raw = [(k.lower(), v) for k, v in response.raw_headers
-               if k.lower().decode("latin-1") not in HOP_BY_HOP]
+        raw = [(name, v) for k, v in response.raw_headers
+               if (name := k.lower()) not in NOT_RETURNED]
         raw.append((b"x-hangar-replica", replica.name.encode()))
         outcome.started = True
         await send({"type": "http.response.start", "status": response.status,

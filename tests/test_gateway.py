@@ -78,6 +78,8 @@ def test_one_url_reaches_the_replica_and_bad_input_is_answered_clearly(world, pr
     assert answer.status_code == 200, answer.text
     assert answer.json()["instance"] == "bot-1" and answer.json()["output"]
     assert answer.headers["x-hangar-replica"] == "bot-1"
+    # the gateway's own Date and Server, not the agent's as well
+    assert [len(answer.raw.headers.getlist(h)) for h in ("date", "server")] == [1, 1]
 
     def detail(response):
         return response.json()["detail"]
