@@ -68,6 +68,7 @@ class Gateway:
     async def _sweep(self) -> None:
         while True:
             await asyncio.sleep(conf.REFRESH_S)
+            self.upstream.sweep()  # idle upstream connections closed
             try:
                 await self.zero.sweep()
             except Exception:  # noqa: BLE001 - try again next tick

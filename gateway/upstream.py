@@ -24,6 +24,7 @@ import httptools
 
 HIGH_WATER = 256 * 1024  # bytes of an answer held before reading from its replica pauses
 IDLE_MAX = 512  # idle connections kept per replica (more are closed)
+IDLE_S = 30.0  # an idle connection unused this long is closed (``Pool.sweep``)
 _NO_HEADERS = frozenset({"expect"})  # the gateway answers 100-continue itself
 
 
@@ -132,6 +133,7 @@ class _Connection(asyncio.Protocol):
         self.writing = False  # a request body is still being written
         self.paused = False
         self.drained: asyncio.Future | None = None
+        self.idle_since = 0.0
 
     # asyncio.Protocol
     def connection_made(self, transport) -> None:
@@ -267,6 +269,7 @@ class Pool:
         if len(idle) >= IDLE_MAX:
             conn.close()
         else:
+            conn.idle_since = conn.loop.time()
             idle.append(conn)
 
     def _forget(self, conn: _Connection) -> None:
@@ -313,6 +316,19 @@ class Pool:
                     write(b"0\r\n\r\n")
         finally:
             conn.writing = False
+
+    def sweep(self) -> int:
+        """Close the connections idle for over ``IDLE_S`` (each holds a replica's
+        connection, a thread in some servers); how many were closed."""
+        closed = 0
+        for address, idle in list(self.idle.items()):
+            expired = [c for c in idle if c.loop.time() - c.idle_since > IDLE_S]
+            for conn in expired:
+                conn.close()
+            closed += len(expired)
+            if not idle:
+                del self.idle[address]
+        return closed
 
     def close(self) -> None:
         for idle in list(self.idle.values()):

@@ -222,3 +222,29 @@ def test_the_proxy_ends_an_answer_to_head_at_its_headers_and_the_next_request_st
         return answers
 
     assert run(main()) == [(200, b"", True), (200, b"0123456789", True)]
+
+
+def test_connections_idle_too_long_are_closed_and_the_replica_sees_them_go(monkeypatch):
+    async def main():
+        gone = asyncio.Event()
+
+        async def handler(reader, writer):
+            await read_request(reader)
+            writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+            await writer.drain()
+            if await reader.read() == b"":  # the gateway closed its end
+                gone.set()
+
+        pool = upstream.Pool(1.0)
+        async with Server(handler) as server:
+            r = await pool.request(server.address, "GET", "/", [], None)
+            assert await r.read() == b"ok"
+            assert pool.sweep() == 0  # just used: kept
+            monkeypatch.setattr(upstream, "IDLE_S", 0.0)
+            await asyncio.sleep(0.01)
+            assert pool.sweep() == 1
+            await asyncio.wait_for(gone.wait(), 5)
+            assert not pool.idle
+        pool.close()
+
+    run(main())
