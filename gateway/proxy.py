@@ -15,6 +15,7 @@ import json
 import random
 import time
 from dataclasses import dataclass
+from urllib.parse import quote
 
 import aiohttp
 
@@ -33,6 +34,7 @@ NOT_RETURNED = {k.encode() for k in HOP_BY_HOP | {"date", "server"}}
 # for (most answers are complete by then: they need no watching task).
 WATCH_AFTER_S = 0.2
 SMALL_BODY = 64 * 1024  # a body with a Content-Length up to this is read whole, then sent
+PATH_SAFE = "/:@!$&'()*+,;=~"  # RFC 3986 pchar and "/", left as they are
 
 
 class Answer(Exception):
@@ -167,7 +169,9 @@ async def forward(pool: upstream.Pool, route: Route, caller: Caller, scope,
     upstream_headers = forwarded_headers(headers, scope, caller, outcome)
     method = scope["method"]
     query = scope.get("query_string", b"").decode("latin-1")
-    target = path + (f"?{query}" if query else "")
+    # The path as ASGI gives it is decoded: encoded again, so no character of it
+    # (a space, CR/LF, a non-Latin-1 letter) can change the request line.
+    target = quote(path, safe=PATH_SAFE) + (f"?{query}" if query else "")
     has_body = method not in ("GET", "HEAD", "OPTIONS", "DELETE") or length not in ("", "0")
     content: bytes | Body | None = None
     if not has_body:  # take the (empty) request message, so a disconnect can be seen

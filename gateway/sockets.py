@@ -21,13 +21,14 @@ import asyncio
 import contextlib
 import json
 import time
+from urllib.parse import quote
 
 import aiohttp
 
 from . import balancer, conf, split, zero
 from .balancer import Replica
 from .limits import Limited
-from .proxy import NOT_FORWARDED, Answer, Outcome, forwarded_headers
+from .proxy import NOT_FORWARDED, PATH_SAFE, Answer, Outcome, forwarded_headers
 
 NOT_FORWARDED_WS = NOT_FORWARDED | {"sec-websocket-key", "sec-websocket-version",
                                     "sec-websocket-extensions", "sec-websocket-protocol"}
@@ -83,7 +84,7 @@ async def serve(gateway, scope, receive, send) -> None:
     try:
         upstream = forwarded_headers(headers, scope, caller, outcome, skip=NOT_FORWARDED_WS)
         query = scope.get("query_string", b"").decode("latin-1")
-        target = rest + (f"?{query}" if query else "")
+        target = quote(rest, safe=PATH_SAFE) + (f"?{query}" if query else "")
         try:
             replica, ws = await connect(gateway.client, route, target, upstream,
                                         scope.get("subprotocols") or (), outcome,

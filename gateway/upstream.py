@@ -134,6 +134,7 @@ class _Connection(asyncio.Protocol):
         self.paused = False
         self.drained: asyncio.Future | None = None
         self.idle_since = 0.0
+        self.sender: asyncio.Task | None = None  # writes a streamed body (held: tasks are weak)
 
     # asyncio.Protocol
     def connection_made(self, transport) -> None:
@@ -142,8 +143,9 @@ class _Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         try:
             self.parser.feed_data(data)
-        except httptools.HttpParserError as exc:
-            self._lost(UpstreamFailed(f"bad HTTP from the replica: {exc}"))
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
+            # (an upgrade is never asked for: "upgrade" is not forwarded)
+            self._lost(UpstreamFailed(f"bad HTTP from the replica: {exc or type(exc).__name__}"))
             self.close()
 
     def eof_received(self):
@@ -153,18 +155,22 @@ class _Connection(asyncio.Protocol):
         self.closed = True
         self.pool._forget(self)
         r = self.response
-        if r is not None and r.head.done() and r.content_length is None and not r.chunked:
+        if (exc is None and r is not None and r.head.done() and r.content_length is None
+                and not r.chunked):
             self.response = None  # an answer delimited by the end of its connection
             r._finish()
         self._lost(UpstreamFailed(f"connection closed by the replica"
                                   f"{f' ({exc})' if exc else ''}"))
-        if self.drained is not None and not self.drained.done():
-            self.drained.set_exception(UpstreamFailed("connection closed while writing"))
+        self._undrain()
 
     def pause_writing(self) -> None:
         self.drained = self.loop.create_future()
 
     def resume_writing(self) -> None:
+        self._undrain()
+
+    def _undrain(self) -> None:
+        """Whoever waits to write goes on (a closed connection ends its loop)."""
         if self.drained is not None and not self.drained.done():
             self.drained.set_result(None)
         self.drained = None
@@ -224,7 +230,11 @@ class _Connection(asyncio.Protocol):
         if not self.closed:
             self.closed = True
             self.pool._forget(self)
-            self.transport.close()
+            if self.writing or self.transport.get_write_buffer_size():
+                self.transport.abort()  # close() would wait for a replica that stopped reading
+            else:
+                self.transport.close()
+            self._undrain()
 
 
 def _head(method: str, target: str, address: str, headers: list[tuple[str, str]],
@@ -284,6 +294,7 @@ class Pool:
         ``ConnectFailed`` when nothing was sent, ``UpstreamFailed`` after."""
         conn = self._take(address) or await self._connect(address)
         response = conn.response = Response(conn)
+        sender = None
         try:
             if body is None:
                 framing = "content-length: 0" if method in ("POST", "PUT", "PATCH") else ""
@@ -292,30 +303,20 @@ class Pool:
                 conn.transport.write(_head(method, target, address, headers,
                                            f"content-length: {len(body)}") + body)
             else:
-                await self._stream(conn, method, target, address, headers, body)
+                conn.writing = True
+                conn.transport.write(_head(method, target, address, headers,
+                                           "transfer-encoding: chunked"))
+                # Written beside the answer, as it arrives: a replica may answer
+                # (or stream its answer) before it has read the whole body.
+                sender = conn.sender = conn.loop.create_task(_stream(conn, body))
             return await response.head
         except BaseException:
-            conn.close()
+            if sender is not None:
+                sender.cancel()
+            # Not conn.close(): an answer complete already gave the connection back
+            # to the pool, maybe to another request by now.
+            response.close()
             raise
-
-    async def _stream(self, conn: _Connection, method: str, target: str, address: str,
-                      headers: list[tuple[str, str]], body: AsyncIterator[bytes]) -> None:
-        """A body of unknown length, chunked as it arrives (the answer may come first)."""
-        conn.writing = True
-        write = conn.transport.write
-        write(_head(method, target, address, headers, "transfer-encoding: chunked"))
-        try:
-            async for chunk in body:
-                if conn.closed:
-                    break  # the replica answered or left: the answer (or its error) says
-                write(b"%x\r\n%b\r\n" % (len(chunk), chunk))
-                if conn.drained is not None:
-                    await conn.drained
-            else:
-                if not conn.closed:
-                    write(b"0\r\n\r\n")
-        finally:
-            conn.writing = False
 
     def sweep(self) -> int:
         """Close the connections idle for over ``IDLE_S`` (each holds a replica's
@@ -335,3 +336,25 @@ class Pool:
             for conn in list(idle):
                 conn.close()
         self.idle.clear()
+
+
+async def _stream(conn: _Connection, body: AsyncIterator[bytes]) -> None:
+    """A body of unknown length, chunked as it arrives. Whatever ends it early
+    (the caller's body too big, the caller gone, the replica gone) closes the
+    connection, and the answer's waiter hears of it (``Body.failure`` says
+    which for the caller's side)."""
+    write = conn.transport.write
+    try:
+        async for chunk in body:
+            if conn.closed:
+                return  # the replica answered or left: the answer (or its error) says
+            write(b"%x\r\n%b\r\n" % (len(chunk), chunk))
+            while conn.drained is not None and not conn.closed:
+                await conn.drained
+        if not conn.closed:
+            write(b"0\r\n\r\n")
+    except BaseException:  # noqa: BLE001 - reported through the connection's answer
+        conn.close()
+    finally:
+        conn.writing = False  # (an answer that ended meanwhile closed the connection)
+        conn.sender = None

@@ -5,6 +5,7 @@ streaming both ways, client disconnects, limits across two gateway processes,
 revoked tokens and live endpoint updates."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -392,3 +393,99 @@ def test_with_redis_unreachable_the_limits_fail_open_and_say_so(world, procs, on
     assert {a.headers["x-hangar-replica"] for a in after} == {"bot-1"}
     log = procs.log(f"gateway-{gateway.rsplit(':', 1)[1]}")
     assert log.count("limits not enforced") == 1  # said once, not once a request
+
+
+class RawReplica:
+    """A replica speaking raw HTTP on loopback, for what a reference agent never
+    does: it records each request's head, and answers ``answer`` to each
+    (``read_body=False``: it answers at once and never reads the body)."""
+
+    def __init__(self, answer: bytes, *, read_body: bool = True):
+        self.answer, self.read_body = answer, read_body
+        self.heads: list[bytes] = []
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.conns: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.conns.append(conn)
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        data = b""
+        with contextlib.suppress(OSError):
+            while True:
+                while b"\r\n\r\n" not in data:
+                    chunk = conn.recv(65536)
+                    if not chunk:
+                        return
+                    data += chunk
+                head, data = data.split(b"\r\n\r\n", 1)
+                self.heads.append(head)
+                length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                               if line.lower().startswith(b"content-length:")), 0)
+                if self.read_body:
+                    while len(data) < length:
+                        data += conn.recv(65536)
+                    data = data[length:]
+                conn.sendall(self.answer)
+                if not self.read_body:
+                    threading.Event().wait(120)  # holds the connection, reads nothing
+
+    def close(self) -> None:
+        self.sock.close()
+        for conn in self.conns:
+            with contextlib.suppress(OSError):
+                conn.close()
+
+
+def test_a_path_cannot_change_the_request_line_the_replica_gets(world, procs):
+    replica = RawReplica(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+    try:
+        ready_instance(world.deployment, "raw-1", replica.port)
+        gateway = procs.gateway()
+        base = f"{gateway}/gw/acme/support-bot/production"
+        headers = bearer(world)
+        wait_until(lambda: serves(f"{base}/invoke", headers), what="the gateway")
+        replica.heads.clear()
+        smuggled = "/x%20HTTP/1.1%0d%0ax-hangar-caller:%20forged%0d%0a%0d%0aGET%20/admin"
+        for path in (smuggled, "/%E6%97%A5?q=1"):
+            answer = requests.get(base + path, headers=headers, timeout=10)
+            assert answer.status_code == 200 and answer.text == "ok"
+        lines = [head.split(b"\r\n") for head in replica.heads]
+        assert len(lines) == 2  # one request each: nothing smuggled in
+        assert lines[0][0] == (b"GET /x%20HTTP/1.1%0D%0Ax-hangar-caller:%20forged%0D%0A%0D%0A"
+                               b"GET%20/admin HTTP/1.1")
+        assert not any(line.startswith(b"x-hangar-caller: forged") for line in lines[0])
+        assert lines[1][0] == b"GET /%E6%97%A5?q=1 HTTP/1.1"
+    finally:
+        replica.close()
+
+
+def test_an_answer_given_before_a_streamed_body_is_read_reaches_the_caller(world, procs):
+    # The replica refuses at once and reads nothing more: the gateway must not wait
+    # for it to take the rest of the body (before, it did, until the request timeout).
+    replica = RawReplica(b"HTTP/1.1 413 Payload Too Large\r\nconnection: close\r\n"
+                         b"content-length: 8\r\n\r\ntoo much", read_body=False)
+    try:
+        ready_instance(world.deployment, "raw-1", replica.port)
+        gateway = procs.gateway(HANGAR_GATEWAY_MAX_BODY=str(64 * 2**20))
+        url = f"{gateway}/gw/acme/support-bot/production/upload"
+        headers = bearer(world)
+        wait_until(lambda: requests.get(url, headers=headers, timeout=5).status_code == 413,
+                   what="the gateway")
+
+        def body():  # 40 MiB, chunked: far more than the sockets between them hold
+            for _ in range(640):
+                yield b"x" * 65536
+
+        answer = requests.post(url, data=body(), headers=headers, timeout=30)
+        assert answer.status_code == 413 and answer.text == "too much"
+    finally:
+        replica.close()
