@@ -89,9 +89,12 @@ def seen(device_id: int) -> None:
 
 
 def forget_last_seen() -> None:
-    """Drop what is noted and not written yet (tests)."""
+    """Drop what is noted and not written yet, and its timer (tests)."""
     with _lock:
         _pending.clear()
+        if _timer[0] is not None:
+            _timer[0].cancel()
+            _timer[0] = None
 
 
 def _flush_in_thread() -> None:

@@ -13,7 +13,7 @@ from deployments.audit import Actor
 from deployments.models import AuditEvent
 from deployments.patterns.base import get_pattern
 from edge import actions
-from edge.auth import flush_last_seen
+from edge.auth import flush_last_seen, forget_last_seen
 from edge.models import DeviceGroup
 
 from .edge_server_support import bundle_bytes, device_client, enrol, enrolment_token
@@ -23,6 +23,12 @@ from .factories import AgentFactory, DeploymentFactory
 @pytest.fixture
 def fleet(world, tmp_path, settings):
     settings.HANGAR_EDGE_BUNDLE_DIR = tmp_path / "bundles"
+    # Last-seen is written only by the tests' flush_last_seen(): the timer's flush
+    # runs in a thread of its own connection, which cannot see this test's
+    # uncommitted devices, and on a slow machine it took the batch first (CI saw
+    # every device "offline").
+    settings.HANGAR_EDGE_LAST_SEEN_FLUSH_S = 3600
+    forget_last_seen()
     actor = Actor(user=world.users["operator"])
     deployment = DeploymentFactory(agent=AgentFactory(team=world.team, slug="sensors",
                                                       pattern="edge"), target=world.target)
@@ -33,8 +39,9 @@ def fleet(world, tmp_path, settings):
                                actor=actor)
     v2 = actions.upload_bundle(world.team, version="v2", chunks=[bundle_bytes("v2")],
                                actor=actor)
-    return {"group": group, "devices": devices, "v1": v1, "v2": v2, "deployment": deployment,
-            "api": world.client("operator")}
+    yield {"group": group, "devices": devices, "v1": v1, "v2": v2, "deployment": deployment,
+           "api": world.client("operator")}
+    forget_last_seen()
 
 
 def start(fleet, bundle, waves, **extra):
