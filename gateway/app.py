@@ -68,11 +68,11 @@ class Gateway:
     async def _sweep(self) -> None:
         while True:
             await asyncio.sleep(conf.REFRESH_S)
-            self.upstream.sweep()  # idle upstream connections closed
             try:
+                self.upstream.sweep()  # idle upstream connections closed
                 await self.zero.sweep()
             except Exception:  # noqa: BLE001 - try again next tick
-                log.warning("gateway: scale-to-zero sweep failed", exc_info=True)
+                log.warning("gateway: sweep failed", exc_info=True)
 
     async def shutdown(self) -> None:
         for _, mounted in self.mounts:

@@ -129,9 +129,8 @@ class Body:
 
 
 def upstream_session() -> aiohttp.ClientSession:
-    """The one pool of upstream connections a gateway process keeps (keep-alive
-    per replica; aiohttp's connector finds an idle connection per host in O(1),
-    where httpx's pool scanned every connection it held on each request)."""
+    """aiohttp's session for what the proxy's own pool (``upstream.Pool``) does
+    not do: WebSocket pass-through and the wake-up probes of scale to zero."""
     connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, keepalive_timeout=30,
                                      use_dns_cache=False, happy_eyeballs_delay=None)
     return aiohttp.ClientSession(
@@ -228,17 +227,15 @@ async def _exchange(pool: upstream.Pool, replica: Replica, method: str, target: 
     try:
         response = await pool.request(replica.address, method, target, headers, content)
     except upstream.ConnectFailed:
-        raise
-    except (upstream.UpstreamFailed, OSError) as exc:
+        raise  # nothing was sent: forward may retry
+    except BaseException as exc:
         if isinstance(content, Body) and content.failure is not None:
             raise content.failure from None  # the caller's body: too big, or it left
+        if not isinstance(exc, (upstream.UpstreamFailed, OSError)):
+            raise
         replica.answered(502)
         raise Answer(502, f"{replica.name} failed mid-request: {exc or type(exc).__name__}"
                      ) from None
-    except BaseException:
-        if isinstance(content, Body) and content.failure is not None:
-            raise content.failure from None
-        raise
     try:
         replica.answered(response.status)
         outcome.status = response.status
@@ -273,7 +270,7 @@ async def _exchange(pool: upstream.Pool, replica: Replica, method: str, target: 
         outcome.complete = True
         await send({"type": "http.response.body", "body": b""})
     finally:
-        response.close()  # cut short: the connection is dropped (frees the upstream)
+        response.close()  # a no-op once complete; cut short, the connection is dropped
 
 
 async def _send_whole(response: upstream.Response, replica: Replica, send,

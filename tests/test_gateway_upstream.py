@@ -56,6 +56,15 @@ async def read_request(reader) -> tuple[bytes, bytes]:
     return head, body
 
 
+async def requests_of(reader):
+    """Each request on a connection, until the client ends it."""
+    while True:
+        try:
+            yield await read_request(reader)
+        except asyncio.IncompleteReadError:
+            return
+
+
 def run(coro):
     return asyncio.run(coro)
 
@@ -64,11 +73,7 @@ def test_keep_alive_connections_are_reused_and_the_request_arrives_as_sent():
     seen = []
 
     async def handler(reader, writer):
-        while True:
-            try:
-                head, body = await read_request(reader)
-            except asyncio.IncompleteReadError:
-                return
+        async for head, body in requests_of(reader):
             seen.append((head, body))
             answer = b"echo:" + body
             writer.write(b"HTTP/1.1 200 OK\r\nX-Agent: yes\r\ncontent-length: %d\r\n\r\n%b"
@@ -192,11 +197,7 @@ def test_the_proxy_ends_an_answer_to_head_at_its_headers_and_the_next_request_st
     from gateway.proxy import Outcome, _exchange
 
     async def handler(reader, writer):
-        while True:
-            try:
-                head, _ = await read_request(reader)
-            except asyncio.IncompleteReadError:
-                return
+        async for head, _ in requests_of(reader):
             # HEAD: the length of what GET would send, and no body
             body = b"" if head.startswith(b"HEAD") else b"0123456789"
             writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\n" + body)
