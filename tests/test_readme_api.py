@@ -100,7 +100,9 @@ def test_readme_api_example_works_on_a_fresh_standalone_server(tmp_path):
             deployment = requests.get(deployment_url, headers=headers, timeout=10).json()
             if deployment["health"] == "Healthy" and deployment["replicas"] == 3:
                 break
-            assert time.monotonic() < deadline, deployment
+            assert time.monotonic() < deadline, (
+                deployment["health"], deployment["health_reason"], deployment["replicas"],
+                log.read_text()[-4000:])
             time.sleep(1)
         assert deployment["health_reason"] == "3 of 3 replicas healthy"
         instances = requests.get(f"{deployment_url}/instances", headers=headers,

@@ -175,5 +175,7 @@ def test_a_batch_canary_gives_the_new_revision_its_share_of_the_job_runs(world, 
 
     ran = fire(12)
     by = Counter((r.revision.number, r.status) for r in ran)
-    assert set(by) == {(1, JobStatus.SUCCEEDED), (2, JobStatus.FAILED)}, by
+    assert set(by) == {(1, JobStatus.SUCCEEDED), (2, JobStatus.FAILED)}, (by, [
+        (r.revision.number, r.status, r.exit_code, r.reason, r.logs_tail[-800:])
+        for r in ran if (r.revision.number == 1) != (r.status == JobStatus.SUCCEEDED)])
     assert 2 <= by[(2, JobStatus.FAILED)] <= 4, by  # about a quarter of the runs

@@ -23,10 +23,23 @@ pytestmark = pytest.mark.slow
 STOP_WITHIN_S = 20
 
 
+def standalone_ports() -> dict[str, str]:
+    """A port range for a standalone server's local agents that no other test
+    process uses: each xdist worker's own tests take theirs from 20000 + 2500 n
+    (tests/settings.py), and the default range (from 20000) overlapped them. A
+    server knows only its own database's ports, and checks that a port is free
+    when it picks it, so a container of the other worker's test could start on
+    the same port a moment later and crash-loop one of its agents."""
+    worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
+    low = 26000 + 1000 * worker
+    return {"HANGAR_PORT_MIN": str(low), "HANGAR_PORT_MAX": str(low + 999)}
+
+
 def run_env(data_dir: Path, port: int, **extra: str) -> dict:
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("HANGAR_", "DATABASE_URL", "REDIS_URL", "DJANGO_SETTINGS"))}
-    env.update(HANGAR_DATA_DIR=str(data_dir), HANGAR_PORT=str(port), **extra)
+    env.update(HANGAR_DATA_DIR=str(data_dir), HANGAR_PORT=str(port), **standalone_ports(),
+               **extra)
     return env
 
 
@@ -240,7 +253,9 @@ def test_run_command_serves_the_demo_dashboard_and_stops_cleanly(tmp_path):
                                  env=run_env(data_dir, port), capture_output=True, text=True,
                                  timeout=120)
         assert stopper.returncode == 0, stopper.stderr
-        assert "Stopped 1 agent process." in stopper.stdout
+        assert "Stopped 1 agent process." in stopper.stdout, (
+            stopper.stdout, stopper.stderr, alive(agents), agent_pids(data_dir),
+            log.read_text()[-4000:])
         process.wait(timeout=STOP_WITHIN_S)
         left = wait_gone(tree)
         assert not left, describe(left)
