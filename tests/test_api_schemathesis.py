@@ -37,6 +37,15 @@ pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
 # Per operation and phase; with four phases and ~45 operations this keeps the
 # whole run within a couple of minutes on two cores.
+# Every check schemathesis has but the response-time limit, which `all` turns
+# on at 10 s: timing belongs in bench/ (one slow answer on a shared two-core
+# machine is noise, not a bug).
+CHECKS = ",".join((
+    "not_a_server_error", "status_code_conformance", "content_type_conformance",
+    "response_headers_conformance", "response_schema_conformance", "negative_data_rejection",
+    "positive_data_acceptance", "missing_required_header", "unsupported_method",
+    "allow_header_conformance", "use_after_free", "ensure_resource_availability",
+    "ignored_auth", "object_level_authorization"))
 MAX_EXAMPLES = int(os.environ.get("HANGAR_FUZZ_EXAMPLES", "15"))
 SEED = os.environ.get("HANGAR_FUZZ_SEED", "20240917")
 
@@ -127,7 +136,7 @@ def test_schemathesis_finds_nothing(seeded, server, tmp_path):
         str(Path(sys.executable).with_name("st")),
         "--config-file", str(ROOT / "tests" / "schemathesis.toml"),
         "run", f"{base}/api/v1/openapi.json",
-        "--checks", "all",
+        "--checks", CHECKS,
         "--phases", "examples,coverage,fuzzing,stateful",
         "--header", f"Authorization: Bearer {seeded['token']}",
         "--max-examples", str(MAX_EXAMPLES), "--seed", SEED,
