@@ -95,9 +95,12 @@ def test_each_request_is_a_run_alone_or_merged_with_the_agents_trace(world, stac
     ready_instance(d, "bot-traced", traced)
     wait_until(lambda: serves(url, headers, "bot-traced"), what="the traced replica")
     def merged_runs():
-        return [r for r in Run.objects.filter(deployment_id=d.pk, input_tokens__gt=0)
-                if Span.objects.filter(trace_id=r.trace_id, name__startswith="gateway ").exists()
-                and Span.objects.filter(trace_id=r.trace_id, name="invoke_agent").exists()]
+        """Runs whose trace holds both services' spans, read again after the
+        spans were seen (the gateway's export may land between the two reads)."""
+        found = [r.pk for r in Run.objects.filter(deployment_id=d.pk, input_tokens__gt=0)
+                 if Span.objects.filter(trace_id=r.trace_id, name__startswith="gateway ").exists()
+                 and Span.objects.filter(trace_id=r.trace_id, name="invoke_agent").exists()]
+        return list(Run.objects.filter(pk__in=found))
     merged = wait_until(merged_runs, what="one run holding the agent's and the gateway's spans")[0]
     assert merged.span_count >= 3  # gateway, invoke_agent and its chat span
     gateway_span = Span.objects.get(trace_id=merged.trace_id, name__startswith="gateway ")
