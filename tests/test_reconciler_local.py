@@ -282,3 +282,53 @@ def test_a_change_ends_the_watch_and_asks_for_a_pass_at_once(local_deployment, s
     assert outcome["pass"].requeue_in is not None and outcome["pass"].requeue_in <= 0.05
     assert reconcile_deployment(d.pk) in ("Healthy", "Progressing")
     assert not Instance.objects.filter(deployment=d).exists()
+
+
+def test_a_clock_adjustment_does_not_make_running_agents_look_dead(tmp_path, monkeypatch):
+    """The kernel's boot time is the wall clock minus the uptime, so it moves
+    when NTP or a VM's clock sync adjusts the clock (CI's VM did: agents were
+    restarted beside themselves, a job failed as killed, `scripts/run stop`
+    stopped nothing). Here the clock is moved by what psutil reads."""
+    import json
+    import sys
+
+    import psutil
+
+    from deployments.runtimes.base import InstanceSpec
+
+    target = TargetFactory(kind="local", connection={"workdir": str(tmp_path / "runtime")})
+    driver = get_driver(target)
+    agent = InstanceSpec(deployment_id=7, name="ref-a", generation=1, team="acme", agent="ref",
+                         pattern="realtime", command=(sys.executable, "-c",
+                                                      "import time; time.sleep(60)"))
+    job = InstanceSpec(deployment_id=7, name="job-1", generation=1, team="acme", agent="ref",
+                       pattern="batch", command=("sh", "-c", "sleep 1; exit 0"))
+    started = driver.ensure_instance(agent)
+    driver.start_job(job)
+    pid = int(started.runtime_id.split(":")[1])
+    real_boot_time = psutil._pslinux.boot_time
+    monkeypatch.setattr(psutil._pslinux, "boot_time", lambda: real_boot_time() + 3.0)
+    try:
+        [observed] = driver.list_instances(7)
+        assert (observed.phase, observed.runtime_id) == ("running", started.runtime_id)
+        assert driver.ensure_instance(agent).runtime_id == started.runtime_id  # not restarted
+        assert driver.list_jobs(7)["job-1"].phase == "running"
+        deadline = time.monotonic() + 30
+        while (state := driver.list_jobs(7)["job-1"]).phase == "running":
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        assert state.exit_code == 0  # its own exit code, not "killed"
+        driver.remove_instance(7, "ref-a")  # stops it: it is seen as alive
+        assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == "zombie"
+
+        # A state file an earlier Hangar wrote (psutil's epoch time) still matches.
+        old = driver.ensure_instance(agent)
+        state_file = next((tmp_path / "runtime").glob("deployment-7/*ref-a*/state.json"))
+        state = json.loads(state_file.read_text())
+        state["proc_start"] = repr(psutil.Process(state["pid"]).create_time())
+        state_file.write_text(json.dumps(state))
+        assert driver.ensure_instance(agent).runtime_id == old.runtime_id
+    finally:
+        for item in driver.list_instances(7):
+            driver.remove_instance(7, item.name)
+        driver.remove_job(7, "job-1")

@@ -53,8 +53,8 @@ class LocalFeatures(Features):
 
 
 def _proc_start_time(pid: int) -> str | None:
-    """When the process started (``psutil``), as text; guards against pid reuse.
-    None for a process that is gone (a zombie child is reaped)."""
+    """When the process started, as text; guards against pid reuse. None for
+    a process that is gone (a zombie child is reaped)."""
     try:
         process = psutil.Process(pid)
         if process.status() == psutil.STATUS_ZOMBIE:
@@ -63,17 +63,36 @@ def _proc_start_time(pid: int) -> str | None:
             except ChildProcessError:
                 pass
             return None
-        return repr(process.create_time())
+        return _start_ticks(process)
     except psutil.Error:
         return None
+
+
+def _start_ticks(process: psutil.Process) -> str:
+    """Clock ticks from boot to the process's start (``/proc/<pid>/stat``),
+    fixed for the process's life. psutil's ``create_time()`` adds the boot
+    time to it, and the kernel's boot time is the wall clock minus the uptime:
+    it moves whenever the clock is adjusted (NTP, a VM's clock sync). A start
+    time recorded as that sum stopped matching a process that was still
+    running, which then counted as dead: restarted beside itself (its port
+    still taken), a job failed as killed, ``scripts/run stop`` leaving it up."""
+    try:
+        with open(f"/proc/{process.pid}/stat", "rb") as stat:
+            return stat.read().rsplit(b")", 1)[1].split()[19].decode()
+    except FileNotFoundError:
+        if os.path.isdir("/proc"):
+            raise psutil.NoSuchProcess(process.pid) from None
+        return repr(process.create_time())  # no /proc (not Linux): psutil's own
 
 
 def _same_process(started: str | None, recorded: str | None) -> bool:
     if started is None or not recorded:
         return False
-    if "." not in recorded:  # written before psutil: clock ticks since boot
-        ticks = (float(started) - psutil.boot_time()) * os.sysconf("SC_CLK_TCK")
-        return abs(ticks - int(recorded)) < 1
+    if "." in recorded and "." not in started:
+        # Recorded by an earlier Hangar as psutil's epoch time: compare as
+        # epoch times, allowing for a clock adjusted since by less than 2 s.
+        epoch = int(started) / os.sysconf("SC_CLK_TCK") + psutil.boot_time()
+        return abs(epoch - float(recorded)) < 2
     return started == recorded
 
 
