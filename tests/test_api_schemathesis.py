@@ -35,8 +35,6 @@ from .processes import ROOT, database_env, free_port, start_web, stop, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
-# Per operation and phase; with four phases and ~45 operations this keeps the
-# whole run within a couple of minutes on two cores.
 # Every check schemathesis has but the response-time limit, which `all` turns
 # on at 10 s: timing belongs in bench/ (one slow answer on a shared two-core
 # machine is noise, not a bug).
@@ -46,6 +44,8 @@ CHECKS = ",".join((
     "positive_data_acceptance", "missing_required_header", "unsupported_method",
     "allow_header_conformance", "use_after_free", "ensure_resource_availability",
     "ignored_auth", "object_level_authorization"))
+# Per operation and phase; with four phases and ~45 operations this keeps the
+# whole run within a couple of minutes on two cores.
 MAX_EXAMPLES = int(os.environ.get("HANGAR_FUZZ_EXAMPLES", "15"))
 SEED = os.environ.get("HANGAR_FUZZ_SEED", "20240917")
 
